@@ -1,0 +1,65 @@
+"""The one formula of the project, ``s = z - strength * z~``, and the contrastive loss built on it.
+
+Training (``CTDTrainer``) and decoding (the logits processors) both import from here, so the objective the prefix is
+tuned for and the rule the decoder applies cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+def check_strength(strength: float, name: str = "strength") -> float:
+    """Return ``strength`` as a float, refusing negative, infinite and NaN values."""
+    value = float(strength)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"`{name}` must be a finite number >= 0, got {strength!r}.")
+    return value
+
+
+def contrast_logits(logits: torch.Tensor, contrast: torch.Tensor, strength: float) -> torch.Tensor:
+    """Contrasted scores ``s = z - strength * z~``.
+
+    Args:
+        logits: ``z``, logits of the original model, shape ``(..., vocab)``.
+        contrast: ``z~``, logits of the contrast stream on the same tokens, same shape.
+        strength: ``alpha`` in training, ``beta`` in decoding.
+
+    Example:
+        >>> import torch
+        >>> contrast_logits(torch.tensor([2.0, 1.0]), torch.tensor([1.0, 3.0]), 0.5)
+        tensor([ 1.5000, -0.5000])
+    """
+    if logits.shape != contrast.shape:
+        raise ValueError(f"Logits of shape {tuple(logits.shape)} cannot be contrasted with {tuple(contrast.shape)}.")
+    return logits - strength * contrast
+
+
+def contrastive_loss(
+    logits: torch.Tensor,
+    contrast: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float,
+    num_items_in_batch: torch.Tensor | int | None = None,
+) -> torch.Tensor:
+    """Cross-entropy of ``softmax(z - alpha * z~)`` against next-token labels.
+
+    ``logits`` and ``contrast`` are ``(batch, seq, vocab)`` and aligned with ``labels`` ``(batch, seq)`` as a causal
+    LM's outputs are: position ``t`` predicts ``labels[:, t + 1]``. Labels equal to -100 are ignored. The loss is the
+    summed token loss divided by ``num_items_in_batch`` when given (the Trainer's count over the whole accumulated
+    batch, so gradient accumulation matches the large batch), else by the number of label tokens here. Only label
+    positions are contrasted, which keeps the extra memory to the response tokens.
+    """
+    shift_labels = labels[:, 1:]
+    keep = shift_labels != IGNORE_INDEX
+    scores = contrast_logits(logits[:, :-1][keep], contrast[:, :-1][keep], alpha)
+    loss = F.cross_entropy(scores.float(), shift_labels[keep], reduction="sum")
+    denominator = keep.sum() if num_items_in_batch is None else num_items_in_batch
+    if torch.is_tensor(denominator):
+        return loss / denominator.to(loss.device).clamp(min=1)
+    return loss / max(denominator, 1)

@@ -1,0 +1,89 @@
+"""``CTDTrainer``: a ``transformers.Trainer`` whose loss is the contrastive objective of CTD."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from peft import PeftModel
+from transformers import Trainer, TrainingArguments
+
+from .contrast import check_strength, contrastive_loss
+from .prefix import write_card
+
+
+@dataclass
+class CTDConfig(TrainingArguments):
+    """``TrainingArguments`` plus the contrast strength ``alpha``; the defaults follow the CTD paper (AdamW, lr 9e-4).
+
+    The small default model needs a larger learning rate (about 1e-2) to move its prefix in a few hundred steps.
+    """
+
+    alpha: float = field(default=0.3, metadata={"help": "Contrast strength in softmax(z - alpha * z~)."})
+    learning_rate: float = field(default=9e-4, metadata={"help": "AdamW learning rate of the prefix."})
+    # The collator builds exactly the columns the loss reads; the PeftModel's forward signature does not list them.
+    remove_unused_columns: bool = False
+
+    def __post_init__(self) -> None:
+        self.alpha = check_strength(self.alpha, "alpha")
+        super().__post_init__()
+
+
+class CTDTrainer(Trainer):
+    """Trains a correction adapter (soft prefix, or LoRA) so that ``softmax(z - alpha * z~)`` predicts the labels.
+
+    ``z`` are the logits of the frozen model with the adapter disabled, computed without gradient; ``z~`` those of
+    the same model with the adapter on, through the (possibly data-parallel wrapped) model, so only the adapter
+    learns and the weights exist once. Batches must be right-padded (``RightPaddingCollator``): the prefix then sits
+    right before each row's first token at positions ``0..P-1``, exactly where decoding puts it.
+
+    Example:
+        >>> trainer = CTDTrainer(model=add_soft_prefix(model), args=CTDConfig("out", alpha=0.3),
+        ...                      train_dataset=tokenize_sft(load_sft_data("sft.json"), tokenizer),
+        ...                      data_collator=RightPaddingCollator(tokenizer.pad_token_id))  # doctest: +SKIP
+        >>> trainer.train()  # doctest: +SKIP
+    """
+
+    def __init__(self, model: PeftModel, args: CTDConfig, **kwargs: Any) -> None:
+        if not isinstance(model, PeftModel):
+            raise TypeError(
+                "CTDTrainer trains a correction adapter: pass `add_soft_prefix(model)` or a peft LoRA model "
+                f"(`get_peft_model(model, LoraConfig(...))`), not a {type(model).__name__}."
+            )
+        if not isinstance(args, CTDConfig):
+            raise TypeError("CTDTrainer needs a CTDConfig (TrainingArguments with `alpha`) as `args`.")
+        super().__init__(model=model, args=args, **kwargs)
+        # compute_loss normalises by the token count of the whole accumulated batch, as a causal LM's own loss does.
+        self.model_accepts_loss_kwargs = True
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        input_ids, attention_mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
+        if (attention_mask[:, 0] == 0).any():
+            raise ValueError(
+                "CTDTrainer got a left-padded batch; it needs right padding so the prefix sits before each row's "
+                "first token. Use ctd_hf.RightPaddingCollator or tokenizer.padding_side = 'right'."
+            )
+        adapter_model = self.accelerator.unwrap_model(model)
+        with torch.no_grad(), adapter_model.disable_adapter():
+            logits = adapter_model(input_ids=input_ids, attention_mask=attention_mask).logits
+        # Through `model`, so a DistributedDataParallel wrapper sees the forward and syncs the adapter's gradients.
+        outputs = model(input_ids=input_ids, attention_mask=attention_mask)
+        # Prompt tuning returns the virtual tokens' positions first; keep the ones aligned with the input tokens.
+        correction = outputs.logits[:, -input_ids.shape[1] :]
+        loss = contrastive_loss(logits, correction, labels, self.args.alpha, num_items_in_batch)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # num_items_in_batch counts every process's tokens and DDP averages gradients: undo the average.
+            loss = loss * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Save the adapter in peft's layout (Trainer's own code), plus the ``ctd_hf.json`` card the loader checks."""
+        super()._save(output_dir, state_dict)
+        write_card(output_dir or self.args.output_dir, self.accelerator.unwrap_model(self.model), alpha=self.args.alpha)

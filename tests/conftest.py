@@ -1,0 +1,83 @@
+"""Shared fixtures: a tiny byte-level BPE tokenizer with ChatML specials and tiny random Llama models (no download)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+SFT_SAMPLE = ROOT / "examples" / "data" / "alpaca_en_demo_256.json"
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def build_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on the example SFT data; pad token deliberately unset."""
+    texts = [record["instruction"] + " " + record["output"] for record in json.loads(SFT_SAMPLE.read_text())]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token="<|im_end|>", bos_token="<|im_start|>", chat_template=CHATML_TEMPLATE
+    )
+
+
+def build_model(vocab_size: int, seed: int = 0, **overrides) -> LlamaForCausalLM:
+    """A tiny random Llama (2 layers, grouped-query attention) in fp32 eval mode."""
+    torch.manual_seed(seed)
+    config = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=None,
+    )
+    config.update(overrides)
+    return LlamaForCausalLM(LlamaConfig(**config)).eval()
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tiny-tokenizer")
+    build_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def tokenizer(tokenizer_dir):
+    return PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
+
+
+@pytest.fixture
+def tiny_model(tokenizer):
+    return build_model(len(tokenizer))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer_dir) -> Path:
+    """A saved tiny model + tokenizer folder named ``tiny-llama``, usable as ``--model`` on the CLI."""
+    path = tmp_path_factory.mktemp("models") / "tiny-llama"
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
+    build_model(len(tokenizer)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

