@@ -165,3 +165,71 @@ def prefix_embeddings(model: PeftModel) -> torch.Tensor:
     if not model.active_peft_config.is_prompt_learning:
         raise ValueError("This PeftModel holds no soft prefix (it is not a prompt-tuning adapter).")
     return model.get_prompt_embedding_to_save(model.active_adapter)
+
+
+def resolve_prefix(model: PreTrainedModel, prefix: str | Path | PeftModel | torch.Tensor) -> torch.Tensor:
+    """The prefix as a ``(num_virtual_tokens, hidden)`` tensor on the model's device and dtype.
+
+    ``prefix`` is an adapter folder (checked with :func:`check_adapter`), a prompt-tuning ``PeftModel`` or a tensor.
+    """
+    if isinstance(prefix, PeftModel):
+        embeddings = prefix_embeddings(prefix)
+    elif isinstance(prefix, torch.Tensor):
+        embeddings = prefix
+    else:
+        config = check_adapter(model, prefix)
+        if not config.is_prompt_learning:
+            raise AdapterMismatchError(f"{prefix} holds a {config.peft_type} adapter, not a soft prefix.")
+        with safe_open(Path(prefix, "adapter_model.safetensors"), framework="pt") as weights:
+            embeddings = weights.get_tensor("prompt_embeddings")
+    hidden_size = model.get_input_embeddings().weight.shape[1]
+    if embeddings.ndim != 2 or embeddings.shape[1] != hidden_size:
+        raise AdapterMismatchError(
+            f"A prefix of shape {tuple(embeddings.shape)} does not fit a model of hidden size {hidden_size}; "
+            "it needs shape (num_virtual_tokens, hidden_size). Use a prefix trained for this model."
+        )
+    return embeddings.detach().to(device=model.device, dtype=model.dtype)
+
+
+def check_left_padded(attention_mask: torch.Tensor) -> None:
+    """Refuse masks that are not left-padded (zeros, then ones) or rows without any token."""
+    if attention_mask.ndim != 2:
+        raise ValueError(
+            f"Contrastive decoding needs the 2D attention mask, got {attention_mask.ndim}D "
+            "(a static or compiled cache turns it 4D: use the default dynamic cache)."
+        )
+    if (attention_mask.sum(dim=1) == 0).any():
+        raise ValueError("A prompt in the batch is empty (its attention mask has no ones); remove it.")
+    if (attention_mask[:, 1:] < attention_mask[:, :-1]).any():
+        raise ValueError(
+            "The batch is right-padded, but generation continues each row at its end: pad on the left "
+            "(tokenizer.padding_side = 'left') so that every row ends with its last prompt token."
+        )
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of left-padded rows, counted over real tokens only, as ``generate()`` computes them."""
+    return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+
+
+def insert_prefix(
+    inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, prefix: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Put the prefix right before each left-padded row's first real token: ``[pads][prefix][tokens]``.
+
+    With :func:`positions_from_mask` the prefix takes positions ``0..P-1`` and the tokens ``P..``, exactly as in a
+    forward over ``[prefix][tokens]`` without padding, which is what the trainer computes on right-padded rows.
+    """
+    check_left_padded(attention_mask)
+    batch, length, hidden = inputs_embeds.shape
+    num_virtual = prefix.shape[0]
+    pads = (length - attention_mask.sum(dim=1)).unsqueeze(1)
+    index = torch.arange(num_virtual + length, device=inputs_embeds.device).unsqueeze(0)
+    source = torch.where(index < pads, index, index - num_virtual).clamp(0, length - 1)
+    embeds = inputs_embeds.gather(1, source.unsqueeze(-1).expand(batch, -1, hidden))
+    in_prefix = (index >= pads) & (index < pads + num_virtual)
+    prefix_rows = prefix[(index - pads).clamp(0, num_virtual - 1)]
+    embeds = torch.where(in_prefix.unsqueeze(-1), prefix_rows.to(embeds.dtype), embeds)
+    # A left-padded mask is zeros then ones: P more ones keep that shape and line up with the layout above.
+    mask = torch.cat([attention_mask, attention_mask.new_ones(batch, num_virtual)], dim=1)
+    return embeds, mask
