@@ -60,3 +60,39 @@ def test_tune_on_the_real_default_model(tmp_path):
     assert math.isfinite(metrics["train_loss"]) and metrics["train_loss"] > 0
     card = json.loads((out / "ctd_hf.json").read_text())
     assert card["base_model"] == models.DEFAULT_MODEL and card["vocab_size"] == 49152
+
+
+def test_generate_cli_stream_and_doubled_agree(tiny_model_dir, tmp_path, capsys):
+    prefix = tmp_path / "prefix"
+    main(["tune", "--model", str(tiny_model_dir), "--data", str(SFT_SAMPLE), "--output-dir", str(prefix),
+          "--fraction", "0.05", "--max-length", "96", "--batch-size", "2", "--max-steps", "1",
+          "--num-virtual-tokens", "4"])
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"instruction": "Name a colour.", "input": "Think of the sky."}\n{"prompt": "Hi"}\n')
+    outputs = {}
+    for path in ("stream", "doubled"):
+        out = tmp_path / f"{path}.jsonl"
+        main(["generate", "--model", str(tiny_model_dir), "--prefix", str(prefix), "--prompts-file", str(prompts),
+              "--max-new-tokens", "6", "--path", path, "--output", str(out)])
+        outputs[path] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert outputs["stream"] == outputs["doubled"]
+    assert [r["method"] for r in outputs["stream"]] == ["ctd", "ctd"] and outputs["stream"][0]["input"]
+    capsys.readouterr()
+    main(["generate", "--model", str(tiny_model_dir), "--prompt", "Hi", "--max-new-tokens", "3"])
+    assert json.loads(capsys.readouterr().out)["method"] == "od"
+    with pytest.raises(ValueError, match="empty"):
+        main(["generate", "--model", str(tiny_model_dir), "--prompt", "  ", "--max-new-tokens", "3"])
+    with pytest.raises(ValueError, match="lower --max-new-tokens"):
+        main(["generate", "--model", str(tiny_model_dir), "--prompt", "Hi", "--max-new-tokens", "600"])
+
+
+@pytest.mark.slow
+def test_tuned_prefix_decodes_on_the_real_default_model(tmp_path, capsys):
+    prefix = tmp_path / "prefix"
+    main(["tune", "--data", str(SFT_SAMPLE), "--output-dir", str(prefix), "--max-steps", "2", "--batch-size", "2",
+          "--max-length", "64", "--fraction", "0.05"])
+    capsys.readouterr()
+    main(["generate", "--prefix", str(prefix), "--prompt", "Name three primary colours.", "--max-new-tokens", "12",
+          "--path", "stream"])
+    record = json.loads(capsys.readouterr().out)
+    assert record["method"] == "ctd" and record["output"]

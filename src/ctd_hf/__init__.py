@@ -3,9 +3,11 @@
 __version__ = "0.1.0"
 
 from .contrast import contrast_logits, contrastive_loss  # noqa: E402
+from .doubled import DoubledCache, generate  # noqa: E402
 from .data import RightPaddingCollator, load_sft_data, tokenize_sft  # noqa: E402
 from .models import DEFAULT_MODEL, default_model_dir, load_model_and_tokenizer  # noqa: E402
 from .prefix import AdapterMismatchError, add_soft_prefix, check_adapter, load_adapter  # noqa: E402
+from .processors import CTDProcessor  # noqa: E402
 from .prompts import PROMPT_FORMATS, format_completion, format_prompt  # noqa: E402
 from .trainer import CTDConfig, CTDTrainer  # noqa: E402
 
@@ -14,7 +16,9 @@ __all__ = [
     "PROMPT_FORMATS",
     "AdapterMismatchError",
     "CTDConfig",
+    "CTDProcessor",
     "CTDTrainer",
+    "DoubledCache",
     "RightPaddingCollator",
     "add_soft_prefix",
     "check_adapter",
@@ -23,6 +27,7 @@ __all__ = [
     "default_model_dir",
     "format_completion",
     "format_prompt",
+    "generate",
     "load_adapter",
     "load_model_and_tokenizer",
     "load_sft_data",

@@ -7,14 +7,18 @@ import json
 import sys
 from pathlib import Path
 
+import torch
 import transformers
 from peft import LoraConfig, TaskType, get_peft_model
+from tqdm.auto import tqdm
 from transformers.trainer_utils import get_last_checkpoint
 
 from .data import RightPaddingCollator, load_sft_data, tokenize_sft
+from .doubled import generate
 from .models import load_model_and_tokenizer
-from .prefix import add_soft_prefix
-from .prompts import PROMPT_FORMATS
+from .prefix import add_soft_prefix, resolve_prefix
+from .processors import CTDProcessor
+from .prompts import PROMPT_FORMATS, encode_prompt, format_prompt
 from .trainer import CTDConfig, CTDTrainer
 
 
@@ -84,11 +88,101 @@ def tune_command(args: argparse.Namespace) -> dict:
     return metrics
 
 
+def _add_generate_parser(subparsers: argparse._SubParsersAction) -> None:
+    gen = subparsers.add_parser("generate", help="Decode prompts with CTD (or plainly, without --prefix).")
+    gen.add_argument("--model", default="default", help="Local folder or hub name; 'default' is SmolLM2-135M-Instruct.")
+    gen.add_argument("--prefix", default=None, help="Prefix folder written by `ctd-hf tune`; omit for plain decoding.")
+    gen.add_argument("--beta", type=float, default=0.3, help="Contrast strength: scores z - beta * z~.")
+    gen.add_argument("--path", default="doubled", choices=("doubled", "stream"),
+                     help="doubled: one 2B-row forward per step; stream: CTDProcessor with its own KV cache.")
+    source = gen.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", action="append", help="A user message (repeat for several).")
+    source.add_argument("--prompts-file", help="Text file (one prompt a line) or JSONL with instruction[/input] or prompt.")
+    gen.add_argument("--prompt-format", default="chatml", choices=PROMPT_FORMATS)
+    gen.add_argument("--max-new-tokens", type=int, default=128)
+    gen.add_argument("--do-sample", action="store_true")
+    gen.add_argument("--temperature", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=50)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--num-beams", type=int, default=1)
+    gen.add_argument("--batch-size", type=int, default=8)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    gen.add_argument("--output", default=None, help="Write JSONL here instead of printing.")
+    gen.set_defaults(func=generate_command)
+
+
+def read_prompts(args: argparse.Namespace) -> list[dict]:
+    """User messages from --prompt or --prompts-file (plain lines, or JSONL with instruction/input or prompt)."""
+    if args.prompt:
+        return [{"role": "user", "content": text} for text in args.prompt]
+    messages = []
+    for number, line in enumerate(Path(args.prompts_file).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        if args.prompts_file.endswith(".jsonl"):
+            record = json.loads(line)
+            if "prompt" not in record and "instruction" not in record:
+                raise ValueError(f"{args.prompts_file}:{number} has neither `prompt` nor `instruction`.")
+            content = record.get("prompt", record.get("instruction"))
+            messages.append({"role": "user", "content": content, "input": record.get("input") or ""})
+        else:
+            messages.append({"role": "user", "content": line})
+    if not messages:
+        raise ValueError(f"{args.prompts_file} holds no prompt.")
+    return messages
+
+
+def generate_command(args: argparse.Namespace) -> list[dict]:
+    """Decode prompts from parsed arguments; prints or writes one JSON line per prompt and returns the records."""
+    transformers.set_seed(args.seed)
+    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
+    tokenizer.padding_side = "left"
+    prefix = resolve_prefix(model, args.prefix) if args.prefix else None
+    limit = getattr(model.config, "max_position_embeddings", None)
+    messages = read_prompts(args)
+    encoded = [encode_prompt(format_prompt([m], args.prompt_format, tokenizer), tokenizer, args.prompt_format)
+               for m in messages]
+    for ids, message in zip(encoded, messages):
+        needed = len(ids) + args.max_new_tokens + (prefix.shape[0] if prefix is not None else 0)
+        if limit and needed > limit:
+            raise ValueError(f"The prompt {message['content'][:40]!r}... needs {needed} positions, more than the "
+                             f"model's {limit}: shorten it or lower --max-new-tokens.")
+    options = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, num_beams=args.num_beams,
+                   pad_token_id=tokenizer.pad_token_id)
+    if args.do_sample:
+        options.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    method = "ctd" if prefix is not None else "od"
+    records, sink = [], open(args.output, "w") if args.output else sys.stdout
+    try:
+        for start in tqdm(range(0, len(encoded), args.batch_size), desc="Generating", unit="batch", file=sys.stderr):
+            inputs = tokenizer.pad({"input_ids": encoded[start : start + args.batch_size]}, return_tensors="pt")
+            inputs = inputs.to(model.device)
+            with torch.no_grad():
+                if prefix is None:
+                    output = model.generate(**inputs, **options)
+                elif args.path == "doubled":
+                    output = generate(model, prefix, beta=args.beta, **inputs, **options)
+                else:
+                    output = model.generate(**inputs, logits_processor=[CTDProcessor(model, prefix, args.beta)], **options)
+            answers = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            for message, answer in zip(messages[start : start + args.batch_size], answers):
+                record = {"prompt": message["content"], "input": message.get("input", ""), "output": answer.strip(),
+                          "method": method, "beta": args.beta if prefix is not None else None, "prefix": args.prefix}
+                records.append(record)
+                print(json.dumps(record, ensure_ascii=False), file=sink, flush=True)
+    finally:
+        if sink is not sys.stdout:
+            sink.close()
+    return records
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``ctd-hf`` argument parser with all subcommands."""
     parser = argparse.ArgumentParser(prog="ctd-hf", description="Contrastive tuning and decoding for HF models.")
     subparsers = parser.add_subparsers(required=True, dest="command")
     _add_tune_parser(subparsers)
+    _add_generate_parser(subparsers)
     return parser
 
 

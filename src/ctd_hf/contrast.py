@@ -22,13 +22,19 @@ def check_strength(strength: float, name: str = "strength") -> float:
     return value
 
 
-def contrast_logits(logits: torch.Tensor, contrast: torch.Tensor, strength: float) -> torch.Tensor:
+def contrast_logits(
+    logits: torch.Tensor, contrast: torch.Tensor, strength: float, inplace: bool = False
+) -> torch.Tensor:
     """Contrasted scores ``s = z - strength * z~``.
 
     Args:
         logits: ``z``, logits of the original model, shape ``(..., vocab)``.
         contrast: ``z~``, logits of the contrast stream on the same tokens, same shape.
         strength: ``alpha`` in training, ``beta`` in decoding.
+        inplace: overwrite both inputs instead of allocating two new ``(..., vocab)`` tensors: ``contrast`` becomes
+            ``strength * z~`` and ``logits`` the result, bit for bit what the out-of-place form returns. Only for
+            scratch tensors the caller owns and no longer needs (the training loss gathers its own copies); ignored
+            when the two dtypes differ.
 
     Example:
         >>> import torch
@@ -37,6 +43,8 @@ def contrast_logits(logits: torch.Tensor, contrast: torch.Tensor, strength: floa
     """
     if logits.shape != contrast.shape:
         raise ValueError(f"Logits of shape {tuple(logits.shape)} cannot be contrasted with {tuple(contrast.shape)}.")
+    if inplace and logits.dtype == contrast.dtype:
+        return logits.sub_(contrast.mul_(strength))
     return logits - strength * contrast
 
 
@@ -55,11 +63,34 @@ def contrastive_loss(
     batch, so gradient accumulation matches the large batch), else by the number of label tokens here. Only label
     positions are contrasted, which keeps the extra memory to the response tokens.
     """
-    shift_labels = labels[:, 1:]
-    keep = shift_labels != IGNORE_INDEX
-    scores = contrast_logits(logits[:, :-1][keep], contrast[:, :-1][keep], alpha)
-    loss = F.cross_entropy(scores.float(), shift_labels[keep], reduction="sum")
-    denominator = keep.sum() if num_items_in_batch is None else num_items_in_batch
+    keep = label_positions(labels)
+    return contrastive_token_loss(logits[:, :-1][keep], contrast[:, :-1][keep], labels[:, 1:][keep], alpha,
+                                  num_items_in_batch)
+
+
+def label_positions(labels: torch.Tensor) -> torch.Tensor:
+    """``(batch, seq - 1)`` mask of the positions ``t`` whose next token ``labels[:, t + 1]`` is a label (not -100)."""
+    return labels[:, 1:] != IGNORE_INDEX
+
+
+def contrastive_token_loss(
+    logits: torch.Tensor,
+    contrast: torch.Tensor,
+    targets: torch.Tensor,
+    alpha: float,
+    num_items_in_batch: torch.Tensor | int | None = None,
+) -> torch.Tensor:
+    """:func:`contrastive_loss` on rows already gathered at the label positions.
+
+    ``logits`` and ``contrast`` are ``z`` and ``z~`` as ``(tokens, vocab)`` (``x[:, :-1][keep]`` with
+    ``keep = label_positions(labels)``), ``targets`` the ``(tokens,)`` labels ``labels[:, 1:][keep]``.
+
+    It works in place: ``logits`` and ``contrast`` are overwritten (pass the copies that boolean indexing returns), so
+    the loss allocates no ``(tokens, vocab)`` buffer beyond the log-softmax that cross-entropy keeps for backward.
+    """
+    scores = contrast_logits(logits, contrast, alpha, inplace=True)
+    loss = F.cross_entropy(scores.float(), targets, reduction="sum")
+    denominator = targets.numel() if num_items_in_batch is None else num_items_in_batch
     if torch.is_tensor(denominator):
         return loss / denominator.to(loss.device).clamp(min=1)
     return loss / max(denominator, 1)

@@ -46,9 +46,13 @@ class _DoubledForward:
                 "past_key_values or cache_implementation, and do not call the model while it runs."
             )
         mask = kwargs.get("attention_mask")
-        mask = torch.ones_like(input_ids) if mask is None else mask
-        check_left_padded(mask)
         num_virtual = self.prefix.shape[0]
+        if mask is None:
+            # generate() leaves out an all-ones mask (unpadded prompts); it covers the B rows' cache and new tokens,
+            # and the doubled cache holds P more slots than those.
+            past = cache.get_seq_length()
+            mask = input_ids.new_ones(input_ids.shape[0], (past - num_virtual if past else 0) + input_ids.shape[1])
+        check_left_padded(mask)
         self.rows = input_ids.shape[0]
         original_mask = F.pad(mask, (num_virtual, 0), value=0)
         embeds = self.model.get_input_embeddings()(input_ids)

@@ -44,8 +44,9 @@ def add_soft_prefix(
         >>> from transformers import LlamaConfig, LlamaForCausalLM
         >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
         ...                                      num_hidden_layers=1, num_attention_heads=2))
-        >>> add_soft_prefix(model, num_virtual_tokens=4).get_nb_trainable_parameters()
-        (64, 2584)
+        >>> prefixed = add_soft_prefix(model, num_virtual_tokens=4)
+        >>> prefix_embeddings(prefixed).shape, prefixed.get_nb_trainable_parameters()[0]
+        (torch.Size([4, 16]), 64)
     """
     if init not in _INITS:
         raise ValueError(f"Unknown prefix init {init!r}; choose one of {sorted(_INITS)}.")

@@ -73,6 +73,7 @@ class ContrastProcessor(LogitsProcessor):
         self.stream = ContrastStream(contrast_model if contrast_model is not None else model)
         self._sequences: torch.Tensor | None = None
         self._prompt_mask: torch.Tensor | None = None
+        self._several_tokens = False
         # The hook holds the processor weakly, so a dropped processor is collected and its hook removed.
         record = weakref.WeakMethod(self._record_prompt)
         self._hook = model.register_forward_pre_hook(
@@ -88,11 +89,17 @@ class ContrastProcessor(LogitsProcessor):
         raise NotImplementedError
 
     def _record_prompt(self, args: tuple, kwargs: dict[str, Any]) -> None:
-        """Forward pre-hook: remember the attention mask of generate()'s prompt pass (the one with an empty cache)."""
-        cache = kwargs.get("past_key_values")
-        if getattr(_STREAM_FORWARD, "active", False) or (cache is not None and cache.get_seq_length() > 0):
+        """Forward pre-hook: remember the attention mask of generate()'s prompt pass (the one with an empty cache),
+        and notice passes that verify several tokens at once (assisted/speculative decoding), which it cannot follow.
+        """
+        if getattr(_STREAM_FORWARD, "active", False):
             return
+        cache = kwargs.get("past_key_values")
         input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if cache is not None and cache.get_seq_length() > 0:
+            self._several_tokens = self._several_tokens or (input_ids is not None and input_ids.shape[1] > 1)
+            return
+        self._several_tokens = False
         mask = kwargs.get("attention_mask")
         if input_ids is None:
             self._prompt_mask = kwargs.get("inputs_embeds")  # refused in _advance with a clear message
@@ -108,22 +115,21 @@ class ContrastProcessor(LogitsProcessor):
             if mask.is_floating_point():
                 raise ValueError(f"{type(self).__name__} needs `input_ids`; generating from `inputs_embeds` is not supported.")
             if mask.shape != input_ids.shape:
-                raise ValueError(
-                    f"{type(self).__name__} saw a prompt mask of shape {tuple(mask.shape)} for input_ids of shape "
-                    f"{tuple(input_ids.shape)}; build the processor on the model whose generate() runs it."
-                )
+                raise self._unsupported()
             check_left_padded(mask)
             self._sequences = input_ids
             return self.stream.prefill(**self.contrast_inputs(input_ids, mask))
-        if self._sequences is None or input_ids.shape[1] != self._sequences.shape[1] + 1:
-            raise ValueError(
-                f"{type(self).__name__} only follows generate() one token at a time (greedy, sampling, beam search) "
-                "on the model it was built with; assisted/speculative decoding and calls outside generate() are not "
-                "supported."
-            )
+        if self._several_tokens or self._sequences is None or input_ids.shape[1] != self._sequences.shape[1] + 1:
+            raise self._unsupported()
         order = self._beam_order(input_ids[:, :-1])
         self._sequences = input_ids
         return self.stream.step(input_ids[:, -1], order)
+
+    def _unsupported(self) -> ValueError:
+        return ValueError(
+            f"{type(self).__name__} follows generate() one token at a time (greedy, sampling, beam search) on the "
+            "model it was built with; assisted/speculative decoding and calls outside generate() are not supported."
+        )
 
     def _beam_order(self, previous: torch.Tensor) -> torch.Tensor | None:
         """Which stream row each row of ``previous`` continues (None when nothing moved)."""

@@ -9,7 +9,7 @@ import torch
 from peft import PeftModel
 from transformers import Trainer, TrainingArguments
 
-from .contrast import check_strength, contrastive_loss
+from .contrast import check_strength, contrastive_token_loss, label_positions
 from .prefix import write_card
 
 
@@ -70,14 +70,20 @@ class CTDTrainer(Trainer):
                 "CTDTrainer got a left-padded batch; it needs right padding so the prefix sits before each row's "
                 "first token. Use ctd_hf.RightPaddingCollator or tokenizer.padding_side = 'right'."
             )
+        # Only the label positions are contrasted (contrastive_loss). Each (batch, seq, vocab) logits tensor is cut
+        # down to them as soon as it exists, so the full z is freed before the forward with gradient and the full z~
+        # before the loss (unless the outputs are returned); the loss then works in place on the two gathered copies.
+        keep = label_positions(labels)
         adapter_model = self.accelerator.unwrap_model(model)
         with torch.no_grad(), adapter_model.disable_adapter():
-            logits = adapter_model(input_ids=input_ids, attention_mask=attention_mask).logits
+            logits = adapter_model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][keep]
         # Through `model`, so a DistributedDataParallel wrapper sees the forward and syncs the adapter's gradients.
         outputs = model(input_ids=input_ids, attention_mask=attention_mask)
         # Prompt tuning returns the virtual tokens' positions first; keep the ones aligned with the input tokens.
-        correction = outputs.logits[:, -input_ids.shape[1] :]
-        loss = contrastive_loss(logits, correction, labels, self.args.alpha, num_items_in_batch)
+        correction = outputs.logits[:, -input_ids.shape[1] :][:, :-1][keep]
+        if not return_outputs:
+            outputs = None
+        loss = contrastive_token_loss(logits, correction, labels[:, 1:][keep], self.args.alpha, num_items_in_batch)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # num_items_in_batch counts every process's tokens and DDP averages gradients: undo the average.
             loss = loss * self.accelerator.num_processes
