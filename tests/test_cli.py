@@ -96,3 +96,16 @@ def test_tuned_prefix_decodes_on_the_real_default_model(tmp_path, capsys):
           "--path", "stream"])
     record = json.loads(capsys.readouterr().out)
     assert record["method"] == "ctd" and record["output"]
+
+
+@pytest.mark.parametrize("method, extra", [("id", ["--noise", "trunc_shuf"]), ("id", []), ("cd", ["--amateur", "MODEL"])])
+def test_generate_cli_baselines(tiny_model_dir, capsys, method, extra):
+    extra = [str(tiny_model_dir) if value == "MODEL" else value for value in extra]
+    capsys.readouterr()
+    main(["generate", "--model", str(tiny_model_dir), "--method", method, "--prompt", "Name a colour.",
+          "--prompt", "Hi", "--max-new-tokens", "4", *extra])
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["method"] for r in records] == [method, method]
+    assert records[0]["strength"] == (1.0 if method == "cd" else 0.3)
+    with pytest.raises(ValueError, match="needs"):
+        main(["generate", "--model", str(tiny_model_dir), "--method", "ctd", "--prompt", "Hi"])

@@ -103,7 +103,7 @@ def test_doubled_batch_equals_stream(left_tokenizer):
     prefix = make_prefix(model)
     inputs = left_tokenizer(PROMPTS, return_tensors="pt", padding=True)
     stream = greedy(model, inputs, CTDProcessor(model, prefix, beta=BETA))
-    doubled = ctd_hf.generate(model, prefix, beta=BETA, **inputs, do_sample=False, max_new_tokens=8, pad_token_id=0)
+    doubled = ctd_hf.generate(model, CTDProcessor(model, prefix, beta=BETA), **inputs, do_sample=False, max_new_tokens=8, pad_token_id=0)
     assert torch.equal(stream, doubled)
     assert not model._forward_hooks and not model._forward_pre_hooks or len(model._forward_pre_hooks) <= 1
 
@@ -118,7 +118,7 @@ def test_beam_score_is_the_sum_of_brute_force_step_scores(left_tokenizer, path):
     if path == "stream":
         out = model.generate(**inputs, logits_processor=[CTDProcessor(model, prefix, beta=BETA)], **kwargs)
     else:
-        out = ctd_hf.generate(model, prefix, beta=BETA, **inputs, **kwargs)
+        out = ctd_hf.generate(model, CTDProcessor(model, prefix, beta=BETA), **inputs, **kwargs)
     prompt_length = inputs["input_ids"].shape[1]
     for row, (sequence, mask) in enumerate(zip(out.sequences, inputs["attention_mask"])):
         real = sequence[int((mask == 0).sum()):]
@@ -167,7 +167,7 @@ def test_low_precision_follows_the_model_dtype(left_tokenizer, dtype):
     processor = CTDProcessor(model, make_prefix(model), beta=0.0)
     assert processor.prefix.dtype == dtype
     assert torch.equal(greedy(model, inputs, processor), greedy(model, inputs))
-    assert ctd_hf.generate(model, make_prefix(model), beta=BETA, **inputs, max_new_tokens=4, pad_token_id=0).shape[1] \
+    assert ctd_hf.generate(model, CTDProcessor(model, make_prefix(model), beta=BETA), **inputs, max_new_tokens=4, pad_token_id=0).shape[1] \
         == inputs["input_ids"].shape[1] + 4
 
 
@@ -184,7 +184,7 @@ def test_bad_inputs_are_refused(left_tokenizer, tmp_path):
     with pytest.raises(ValueError, match="right-padded"):
         greedy(model, right, CTDProcessor(model, prefix, beta=BETA))
     with pytest.raises(ValueError, match="right-padded"):
-        ctd_hf.generate(model, prefix, **right, max_new_tokens=2, pad_token_id=0)
+        ctd_hf.generate(model, CTDProcessor(model, prefix), **right, max_new_tokens=2, pad_token_id=0)
     left_tokenizer.padding_side = "left"
     inputs = left_tokenizer(PROMPTS, return_tensors="pt", padding=True)
     single = left_tokenizer(["the cat sat on the mat, the cat sat on the"], return_tensors="pt")  # lookup finds n-grams
@@ -195,7 +195,7 @@ def test_bad_inputs_are_refused(left_tokenizer, tmp_path):
         model.generate(inputs_embeds=embeds, attention_mask=inputs["attention_mask"], max_new_tokens=2,
                        logits_processor=[CTDProcessor(model, prefix)], pad_token_id=0)
     with pytest.raises(ValueError, match="does not support `prompt_lookup_num_tokens`"):
-        ctd_hf.generate(model, prefix, **inputs, prompt_lookup_num_tokens=2)
+        ctd_hf.generate(model, CTDProcessor(model, prefix), **inputs, prompt_lookup_num_tokens=2)
 
 
 def test_prefix_for_another_model_is_refused(tiny_model_dir, tmp_path, left_tokenizer):

@@ -7,8 +7,10 @@ from .doubled import DoubledCache, generate  # noqa: E402
 from .data import RightPaddingCollator, load_sft_data, tokenize_sft  # noqa: E402
 from .models import DEFAULT_MODEL, default_model_dir, load_model_and_tokenizer  # noqa: E402
 from .prefix import AdapterMismatchError, add_soft_prefix, check_adapter, load_adapter  # noqa: E402
-from .processors import CTDProcessor  # noqa: E402
+from .noise import NOISE_TYPES, noisy_instruction  # noqa: E402
+from .processors import CTDProcessor, ContrastiveDecodingProcessor, InstructiveDecodingProcessor  # noqa: E402
 from .prompts import PROMPT_FORMATS, format_completion, format_prompt  # noqa: E402
+from .synth import synthesize  # noqa: E402
 from .trainer import CTDConfig, CTDTrainer  # noqa: E402
 
 __all__ = [
@@ -17,8 +19,11 @@ __all__ = [
     "AdapterMismatchError",
     "CTDConfig",
     "CTDProcessor",
+    "ContrastiveDecodingProcessor",
     "CTDTrainer",
     "DoubledCache",
+    "InstructiveDecodingProcessor",
+    "NOISE_TYPES",
     "RightPaddingCollator",
     "add_soft_prefix",
     "check_adapter",
@@ -31,5 +36,7 @@ __all__ = [
     "load_adapter",
     "load_model_and_tokenizer",
     "load_sft_data",
+    "noisy_instruction",
+    "synthesize",
     "tokenize_sft",
 ]

@@ -6,19 +6,20 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
-import torch
 import transformers
 from peft import LoraConfig, TaskType, get_peft_model
 from tqdm.auto import tqdm
 from transformers.trainer_utils import get_last_checkpoint
 
 from .data import RightPaddingCollator, load_sft_data, tokenize_sft
-from .doubled import generate
+from .methods import METHODS, DecodingMethod
 from .models import load_model_and_tokenizer
+from .noise import NOISE_TYPES
 from .prefix import add_soft_prefix, resolve_prefix
-from .processors import CTDProcessor
 from .prompts import PROMPT_FORMATS, encode_prompt, format_prompt
+from .synth import add_synth_parser
 from .trainer import CTDConfig, CTDTrainer
 
 
@@ -89,27 +90,60 @@ def tune_command(args: argparse.Namespace) -> dict:
 
 
 def _add_generate_parser(subparsers: argparse._SubParsersAction) -> None:
-    gen = subparsers.add_parser("generate", help="Decode prompts with CTD (or plainly, without --prefix).")
+    gen = subparsers.add_parser("generate", help="Decode prompts with od (plain), id, cd or ctd.")
     gen.add_argument("--model", default="default", help="Local folder or hub name; 'default' is SmolLM2-135M-Instruct.")
-    gen.add_argument("--prefix", default=None, help="Prefix folder written by `ctd-hf tune`; omit for plain decoding.")
-    gen.add_argument("--beta", type=float, default=0.3, help="Contrast strength: scores z - beta * z~.")
-    gen.add_argument("--path", default="doubled", choices=("doubled", "stream"),
-                     help="doubled: one 2B-row forward per step; stream: CTDProcessor with its own KV cache.")
     source = gen.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", action="append", help="A user message (repeat for several).")
     source.add_argument("--prompts-file", help="Text file (one prompt a line) or JSONL with instruction[/input] or prompt.")
     gen.add_argument("--prompt-format", default="chatml", choices=PROMPT_FORMATS)
-    gen.add_argument("--max-new-tokens", type=int, default=128)
-    gen.add_argument("--do-sample", action="store_true")
-    gen.add_argument("--temperature", type=float, default=1.0)
-    gen.add_argument("--top-k", type=int, default=50)
-    gen.add_argument("--top-p", type=float, default=1.0)
-    gen.add_argument("--num-beams", type=int, default=1)
-    gen.add_argument("--batch-size", type=int, default=8)
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    _add_method_arguments(gen)
+    _add_decoding_arguments(gen)
     gen.add_argument("--output", default=None, help="Write JSONL here instead of printing.")
     gen.set_defaults(func=generate_command)
+
+
+def _add_method_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", default=None, choices=METHODS,
+                        help="od: plain; id: Instructive Decoding; cd: Contrastive Decoding; ctd: CTD (default: ctd "
+                             "with --prefix, else od).")
+    parser.add_argument("--prefix", default=None, help="ctd: prefix folder written by `ctd-hf tune`.")
+    parser.add_argument("--beta", type=float, default=None,
+                        help="Contrast strength: ctd beta / id strength (default 0.3), cd amateur weight (default 1.0).")
+    parser.add_argument("--noise", default="opposite", choices=NOISE_TYPES, help="id: the noisy instruction.")
+    parser.add_argument("--noise-rate", type=float, default=0.6, help="id: share of words trunc_shuf keeps.")
+    parser.add_argument("--amateur", default=None, help="cd: the amateur model (folder or hub name, or 'default').")
+    parser.add_argument("--plausibility", type=float, default=0.1, help="cd: alpha of the plausible set.")
+    parser.add_argument("--amateur-temperature", type=float, default=1.0)
+    parser.add_argument("--path", default="auto", choices=("auto", "doubled", "stream"),
+                        help="doubled: one 2B-row forward per step (ctd, id); stream: a processor in generate().")
+
+
+def _add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--do-sample", action="store_true")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=50)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--num-beams", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+
+
+def method_from_args(args: argparse.Namespace) -> DecodingMethod:
+    """The DecodingMethod the method arguments describe (loading the amateur model for cd)."""
+    name = args.method or ("ctd" if args.prefix else "od")
+    amateur = load_model_and_tokenizer(args.amateur, dtype=args.dtype)[0] if name == "cd" and args.amateur else None
+    return DecodingMethod(name, args.beta, args.prefix, args.noise, args.noise_rate, amateur, args.plausibility,
+                          args.amateur_temperature, args.path)
+
+
+def decoding_options(args: argparse.Namespace) -> dict:
+    """generate() keyword arguments from the decoding arguments."""
+    options = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, num_beams=args.num_beams)
+    if args.do_sample:
+        options.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    return options
 
 
 def read_prompts(args: argparse.Namespace) -> list[dict]:
@@ -133,42 +167,35 @@ def read_prompts(args: argparse.Namespace) -> list[dict]:
     return messages
 
 
+def check_prompt_lengths(
+    messages: list[dict], tokenizer: Any, model: Any, prompt_format: str, max_new_tokens: int, extra: int = 0
+) -> None:
+    """Refuse prompts that cannot fit the model's positions together with the answer (and a prefix)."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    for message in messages:
+        needed = len(encode_prompt(format_prompt([message], prompt_format, tokenizer), tokenizer, prompt_format))
+        needed += max_new_tokens + extra
+        if limit and needed > limit:
+            raise ValueError(f"The prompt {message['content'][:40]!r}... needs {needed} positions, more than the "
+                             f"model's {limit}: shorten it or lower --max-new-tokens.")
+
+
 def generate_command(args: argparse.Namespace) -> list[dict]:
     """Decode prompts from parsed arguments; prints or writes one JSON line per prompt and returns the records."""
     transformers.set_seed(args.seed)
     model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
-    tokenizer.padding_side = "left"
-    prefix = resolve_prefix(model, args.prefix) if args.prefix else None
-    limit = getattr(model.config, "max_position_embeddings", None)
+    method = method_from_args(args)
     messages = read_prompts(args)
-    encoded = [encode_prompt(format_prompt([m], args.prompt_format, tokenizer), tokenizer, args.prompt_format)
-               for m in messages]
-    for ids, message in zip(encoded, messages):
-        needed = len(ids) + args.max_new_tokens + (prefix.shape[0] if prefix is not None else 0)
-        if limit and needed > limit:
-            raise ValueError(f"The prompt {message['content'][:40]!r}... needs {needed} positions, more than the "
-                             f"model's {limit}: shorten it or lower --max-new-tokens.")
-    options = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, num_beams=args.num_beams,
-                   pad_token_id=tokenizer.pad_token_id)
-    if args.do_sample:
-        options.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    method = "ctd" if prefix is not None else "od"
+    prefix_length = resolve_prefix(model, args.prefix).shape[0] if method.name == "ctd" else 0
+    check_prompt_lengths(messages, tokenizer, model, args.prompt_format, args.max_new_tokens, prefix_length)
     records, sink = [], open(args.output, "w") if args.output else sys.stdout
     try:
-        for start in tqdm(range(0, len(encoded), args.batch_size), desc="Generating", unit="batch", file=sys.stderr):
-            inputs = tokenizer.pad({"input_ids": encoded[start : start + args.batch_size]}, return_tensors="pt")
-            inputs = inputs.to(model.device)
-            with torch.no_grad():
-                if prefix is None:
-                    output = model.generate(**inputs, **options)
-                elif args.path == "doubled":
-                    output = generate(model, prefix, beta=args.beta, **inputs, **options)
-                else:
-                    output = model.generate(**inputs, logits_processor=[CTDProcessor(model, prefix, args.beta)], **options)
-            answers = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-            for message, answer in zip(messages[start : start + args.batch_size], answers):
-                record = {"prompt": message["content"], "input": message.get("input", ""), "output": answer.strip(),
-                          "method": method, "beta": args.beta if prefix is not None else None, "prefix": args.prefix}
+        for start in tqdm(range(0, len(messages), args.batch_size), desc="Generating", unit="batch", file=sys.stderr):
+            batch = messages[start : start + args.batch_size]
+            answers = method.generate(model, tokenizer, batch, args.prompt_format, **decoding_options(args))
+            for message, answer in zip(batch, answers):
+                record = {"prompt": message["content"], "input": message.get("input", ""), "output": answer,
+                          **method.settings()}
                 records.append(record)
                 print(json.dumps(record, ensure_ascii=False), file=sink, flush=True)
     finally:
@@ -183,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(required=True, dest="command")
     _add_tune_parser(subparsers)
     _add_generate_parser(subparsers)
+    add_synth_parser(subparsers)
     return parser
 
 

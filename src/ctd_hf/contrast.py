@@ -94,3 +94,21 @@ def contrastive_token_loss(
     if torch.is_tensor(denominator):
         return loss / denominator.to(loss.device).clamp(min=1)
     return loss / max(denominator, 1)
+
+
+def plausibility_mask(log_probs: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Contrastive Decoding's plausible set ``{v : p(v) >= alpha * max p}``, from log-probabilities."""
+    if not 0 < alpha <= 1:
+        raise ValueError(f"The plausibility threshold must be in (0, 1], got {alpha}.")
+    return log_probs >= log_probs.max(dim=-1, keepdim=True).values + math.log(alpha)
+
+
+def contrastive_decoding_scores(
+    expert_log_probs: torch.Tensor, amateur_log_probs: torch.Tensor, alpha: float, beta: float
+) -> torch.Tensor:
+    """Contrastive Decoding (Li et al. 2022): ``log p_e - beta * log p_a`` on the plausible set, ``-inf`` elsewhere.
+
+    The same formula as :func:`contrast_logits`, with the two models' log-probabilities as ``z`` and ``z~``.
+    """
+    scores = contrast_logits(expert_log_probs, amateur_log_probs, beta)
+    return scores.masked_fill(~plausibility_mask(expert_log_probs, alpha), float("-inf"))

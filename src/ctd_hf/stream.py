@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, LogitsProcessor, PreTrainedModel
 
+from .contrast import contrast_logits
 from .prefix import check_left_padded, positions_from_mask
 
 # Set while any contrast stream runs a forward, so that no processor mistakes it for generate()'s own prompt pass.
@@ -49,6 +50,8 @@ class ContrastStream:
         return self._forward(input_ids=tokens.unsqueeze(1), position_ids=positions)
 
     def _forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        inputs = {name: tensor.to(self.model.device) for name, tensor in inputs.items()}
+        self.attention_mask = self.attention_mask.to(self.model.device)
         _STREAM_FORWARD.active = True
         try:
             outputs = self.model(
@@ -64,12 +67,16 @@ class ContrastStream:
 class ContrastProcessor(LogitsProcessor):
     """Base of the contrast processors: keeps a :class:`ContrastStream` in step with ``generate()``.
 
-    Subclasses say what the contrast prompt is (:meth:`contrast_inputs`) and how the two views combine
-    (:meth:`combine`). The processor must be built on the model whose ``generate()`` it is passed to.
+    Subclasses say what the contrast prompt is (:meth:`contrast_inputs`) and, where it is not
+    ``log_softmax(z - strength * z~)``, how the two views combine (:meth:`combine`). The processor must be built on
+    the model whose ``generate()`` it is passed to.
     """
 
-    def __init__(self, model: PreTrainedModel, contrast_model: PreTrainedModel | None = None) -> None:
+    def __init__(
+        self, model: PreTrainedModel, strength: float, contrast_model: PreTrainedModel | None = None
+    ) -> None:
         self.model = model
+        self.strength = strength
         self.stream = ContrastStream(contrast_model if contrast_model is not None else model)
         self._sequences: torch.Tensor | None = None
         self._prompt_mask: torch.Tensor | None = None
@@ -85,8 +92,9 @@ class ContrastProcessor(LogitsProcessor):
         raise NotImplementedError
 
     def combine(self, scores: torch.Tensor, contrast: torch.Tensor) -> torch.Tensor:
-        """The processed scores from ``generate()``'s scores and the contrast stream's logits."""
-        raise NotImplementedError
+        """The processed scores, ``log_softmax(z - strength * z~)``: normalised so that beam search adds up
+        log-probabilities of the contrasted distribution; greedy and sampling do not see the normalisation."""
+        return F.log_softmax(contrast_logits(scores, contrast, self.strength), dim=-1)
 
     def _record_prompt(self, args: tuple, kwargs: dict[str, Any]) -> None:
         """Forward pre-hook: remember the attention mask of generate()'s prompt pass (the one with an empty cache),
