@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from transformers.trainer_utils import get_last_checkpoint
 
 from .data import RightPaddingCollator, load_sft_data, tokenize_sft
+from .evaluation import EvalSettings, run_evaluation
 from .methods import METHODS, DecodingMethod
 from .models import load_model_and_tokenizer
 from .noise import NOISE_TYPES
@@ -204,12 +205,74 @@ def generate_command(args: argparse.Namespace) -> list[dict]:
     return records
 
 
+def _add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
+    ev = subparsers.add_parser("eval", help="Evaluate methods on SuperNI, DROP, MMLU and AlpacaEval; one report.")
+    ev.add_argument("--model", default="default", help="Local folder or hub name; 'default' is SmolLM2-135M-Instruct.")
+    ev.add_argument("--methods", default="od,id,ctd", help="Comma-separated: od, id, cd, ctd.")
+    ev.add_argument("--benchmarks", default="superni", help="Comma-separated: superni, drop, mmlu, alpacaeval.")
+    ev.add_argument("--output-dir", required=True, help="Predictions, report.json, report.md and plots go here.")
+    ev.add_argument("--prefix", default=None, help="ctd: prefix folder written by `ctd-hf tune`.")
+    ev.add_argument("--beta", type=float, default=0.3, help="ctd: contrast strength.")
+    ev.add_argument("--id-strength", type=float, default=0.3, help="id: contrast strength.")
+    ev.add_argument("--noise", default="opposite", choices=NOISE_TYPES, help="id: the noisy instruction.")
+    ev.add_argument("--noise-rate", type=float, default=0.6, help="id: share of words trunc_shuf keeps.")
+    ev.add_argument("--amateur", default=None, help="cd: the amateur model.")
+    ev.add_argument("--cd-beta", type=float, default=1.0, help="cd: weight of the amateur.")
+    ev.add_argument("--plausibility", type=float, default=0.1, help="cd: alpha of the plausible set.")
+    ev.add_argument("--path", default="auto", choices=("auto", "doubled", "stream"))
+    defaults = EvalSettings()
+    ev.add_argument("--superni-dir", default=defaults.superni_dir, help="A natural-instructions checkout.")
+    ev.add_argument("--superni-tasks", default=defaults.superni_tasks, help="Task list under splits/.")
+    ev.add_argument("--superni-categories", default=None, help="task -> category JSON under splits/ (optional).")
+    ev.add_argument("--max-instances", type=int, default=defaults.max_instances, help="SuperNI instances per task.")
+    ev.add_argument("--max-new-tokens", type=int, default=128, help="SuperNI new tokens (DROP 32, AlpacaEval 512).")
+    ev.add_argument("--drop-path", default=defaults.drop_path)
+    ev.add_argument("--drop-limit", type=int, default=defaults.drop_limit)
+    ev.add_argument("--mmlu-path", default=defaults.mmlu_path)
+    ev.add_argument("--mmlu-shots", type=int, default=0)
+    ev.add_argument("--mmlu-limit", type=int, default=None, help="Test questions per subject.")
+    ev.add_argument("--alpacaeval-path", default=defaults.alpacaeval_path)
+    ev.add_argument("--alpacaeval-limit", type=int, default=None)
+    ev.add_argument("--prompt-format", default="chatml", choices=PROMPT_FORMATS)
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--no-token-changes", action="store_true", help="Do not record the original model's predictions.")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    ev.set_defaults(func=eval_command)
+
+
+def eval_command(args: argparse.Namespace) -> dict | None:
+    """Run an evaluation from parsed arguments; prints the Markdown report on the main process."""
+    transformers.set_seed(args.seed)
+    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
+    names = [name.strip() for name in args.methods.split(",") if name.strip()]
+    amateur = load_model_and_tokenizer(args.amateur, dtype=args.dtype)[0] if "cd" in names and args.amateur else None
+    strengths = {"od": None, "id": args.id_strength, "ctd": args.beta, "cd": args.cd_beta}
+    methods = {name: DecodingMethod(name, strengths.get(name), args.prefix, args.noise, args.noise_rate, amateur,
+                                    args.plausibility, path=args.path) for name in names}
+    settings = EvalSettings(
+        benchmarks=tuple(b.strip() for b in args.benchmarks.split(",") if b.strip()),
+        superni_dir=args.superni_dir, superni_tasks=args.superni_tasks, superni_categories=args.superni_categories,
+        max_instances=args.max_instances, drop_path=args.drop_path, drop_limit=args.drop_limit,
+        mmlu_path=args.mmlu_path, mmlu_shots=args.mmlu_shots, mmlu_limit=args.mmlu_limit,
+        alpacaeval_path=args.alpacaeval_path, alpacaeval_limit=args.alpacaeval_limit,
+        prompt_format=args.prompt_format, batch_size=args.batch_size,
+        max_new_tokens={"superni": args.max_new_tokens, "drop": 32, "alpacaeval": 512},
+        token_changes=not args.no_token_changes,
+    )
+    report = run_evaluation(model, tokenizer, methods, settings, args.output_dir, args.model, args.seed)
+    if report is not None:
+        print(Path(args.output_dir, "report.md").read_text())
+    return report
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``ctd-hf`` argument parser with all subcommands."""
     parser = argparse.ArgumentParser(prog="ctd-hf", description="Contrastive tuning and decoding for HF models.")
     subparsers = parser.add_subparsers(required=True, dest="command")
     _add_tune_parser(subparsers)
     _add_generate_parser(subparsers)
+    _add_eval_parser(subparsers)
     add_synth_parser(subparsers)
     return parser
 

@@ -49,7 +49,11 @@ class _DoubledForward:
                 "past_key_values or cache_implementation, and do not call the model while it runs."
             )
         mask = kwargs.get("attention_mask")
-        mask = torch.ones_like(input_ids) if mask is None else mask
+        if mask is None:
+            # generate() leaves out an all-ones mask (unpadded prompts, e.g. one prompt): rebuild it over the whole
+            # sequence of the B rows, which is the doubled cache minus the pads put before the originals.
+            past = cache.get_seq_length()
+            mask = input_ids.new_ones(input_ids.shape[0], (past - self.original_pads if past else 0) + input_ids.shape[1])
         embeds = self.model.get_input_embeddings()(input_ids)
         if cache.get_seq_length() == 0:  # the prompt pass: both halves left-padded to one length
             check_left_padded(mask)
@@ -73,7 +77,7 @@ class _DoubledForward:
 
     def after(self, module: torch.nn.Module, args: tuple, kwargs: dict[str, Any], outputs: Any) -> Any:
         logits = outputs.logits.float()
-        outputs.logits = self.processor.combine(logits[: self.rows], logits[self.rows :])
+        outputs.logits = self.processor.process(logits[: self.rows, -1], logits[self.rows :, -1]).unsqueeze(1)
         return outputs
 
 

@@ -82,7 +82,8 @@ class DecodingMethod:
         if self.name == "id":
             noisy = [
                 {"role": "user", "content": noisy_instruction(
-                    m["content"], m.get("input") or "", self.noise, self.noise_rate, seed=zlib.crc32(m["content"].encode()))}
+                    m["content"].removeprefix(m.get("label", "")), m.get("input") or "", self.noise, self.noise_rate,
+                    seed=zlib.crc32(m["content"].encode()), label=m.get("label", ""))}
                 for m in messages
             ]
             encoded = [encode_prompt(format_prompt([m], prompt_format, tokenizer), tokenizer, prompt_format) for m in noisy]
@@ -94,6 +95,34 @@ class DecodingMethod:
         return None
 
     @torch.no_grad()
+    def run(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        messages: list[dict],
+        prompt_format: str = "chatml",
+        record_original: bool = False,
+        **generate_kwargs: Any,
+    ) -> tuple[Any, int, ContrastProcessor | None]:
+        """Run ``generate()`` on a batch of single-turn prompts (user messages).
+
+        Returns ``generate()``'s output, the prompt length and the processor (whose ``original`` holds the
+        original model's per-step predictions when ``record_original``).
+        """
+        encoded = [encode_prompt(format_prompt([m], prompt_format, tokenizer), tokenizer, prompt_format) for m in messages]
+        inputs = _pad_left(tokenizer, encoded).to(model.device)
+        processor = self.processor(model, tokenizer, messages, prompt_format)
+        if processor is not None and record_original:
+            processor.original = []
+        options = {"pad_token_id": tokenizer.pad_token_id, **generate_kwargs}
+        if processor is None:
+            output = model.generate(**inputs, **options)
+        elif self.path == "stream" or (self.path == "auto" and self.name == "cd"):
+            output = model.generate(**inputs, logits_processor=[processor], **options)
+        else:
+            output = generate(model, processor, **inputs, **options)
+        return output, inputs["input_ids"].shape[1], processor
+
     def generate(
         self,
         model: PreTrainedModel,
@@ -103,18 +132,8 @@ class DecodingMethod:
         **generate_kwargs: Any,
     ) -> list[str]:
         """Answer a batch of single-turn prompts (user messages); returns the decoded answers."""
-        encoded = [encode_prompt(format_prompt([m], prompt_format, tokenizer), tokenizer, prompt_format) for m in messages]
-        inputs = _pad_left(tokenizer, encoded).to(model.device)
-        processor = self.processor(model, tokenizer, messages, prompt_format)
-        options = {"pad_token_id": tokenizer.pad_token_id, **generate_kwargs}
-        if processor is None:
-            output = model.generate(**inputs, **options)
-        elif self.path == "stream" or (self.path == "auto" and self.name == "cd"):
-            output = model.generate(**inputs, logits_processor=[processor], **options)
-        else:
-            output = generate(model, processor, **inputs, **options)
-        return [answer.strip() for answer in
-                tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)]
+        output, prompt_length, _ = self.run(model, tokenizer, messages, prompt_format, **generate_kwargs)
+        return [answer.strip() for answer in tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)]
 
 
 def _pad_left(tokenizer: PreTrainedTokenizerBase, encoded: list[list[int]]) -> Any:

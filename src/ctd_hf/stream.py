@@ -78,6 +78,8 @@ class ContrastProcessor(LogitsProcessor):
         self.model = model
         self.strength = strength
         self.stream = ContrastStream(contrast_model if contrast_model is not None else model)
+        # Set to a list to record, per step, the original model's argmax and max probability (token-change analysis).
+        self.original: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._sequences: torch.Tensor | None = None
         self._prompt_mask: torch.Tensor | None = None
         self._several_tokens = False
@@ -115,7 +117,14 @@ class ContrastProcessor(LogitsProcessor):
             self._prompt_mask = torch.ones_like(input_ids) if mask is None else mask
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        return self.combine(scores, self._advance(input_ids).to(scores.device))
+        return self.process(scores, self._advance(input_ids).to(scores.device))
+
+    def process(self, scores: torch.Tensor, contrast: torch.Tensor) -> torch.Tensor:
+        """:meth:`combine`, recording the original prediction first when ``original`` is a list."""
+        if self.original is not None:
+            max_prob, argmax = scores.float().softmax(dim=-1).max(dim=-1)
+            self.original.append((argmax.cpu(), max_prob.cpu()))
+        return self.combine(scores, contrast)
 
     def _advance(self, input_ids: torch.Tensor) -> torch.Tensor:
         if self._prompt_mask is not None:  # a new generate() call has just encoded its prompt

@@ -1,0 +1,30 @@
+"""Append-only JSONL files that survive being killed: each batch is flushed and fsynced, and a reader drops (and
+truncates away) a torn last line, so a restarted job redoes at most the batch it was writing."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """The complete records of a JSONL file; a partial last line (a kill mid-write) is cut from the file."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) != len(data):
+        with open(path, "r+b") as handle:
+            handle.truncate(len(complete))
+    return [json.loads(line) for line in complete.decode("utf-8").splitlines() if line.strip()]
+
+
+def append_records(path: str | Path, records: list[dict]) -> None:
+    """Append records as JSON lines and make them durable before returning."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+        handle.flush()
+        os.fsync(handle.fileno())

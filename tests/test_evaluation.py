@@ -1,0 +1,104 @@
+"""The evaluation runner: reports, resume after an interruption, data-parallel equality, all four benchmarks."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ctd_hf.evaluation import EvalSettings, run_evaluation
+from ctd_hf.methods import DecodingMethod
+from ctd_hf.models import ensure_pad_token
+
+from conftest import SHARED_DATA, build_model
+
+SUPERNI = dict(superni_dir=str(SHARED_DATA / "supernatinst"), superni_tasks="sample/train_tasks.txt",
+               superni_categories="sample/train_task_test_category_analog.json", max_instances=2,
+               max_new_tokens={"superni": 6, "drop": 4, "alpacaeval": 4}, batch_size=4)
+
+
+def methods_for(model) -> dict[str, DecodingMethod]:
+    torch.manual_seed(3)
+    prefix = torch.randn(4, model.config.hidden_size) * 0.5
+    return {"od": DecodingMethod("od"), "id": DecodingMethod("id"), "ctd": DecodingMethod("ctd", prefix=prefix)}
+
+
+def test_superni_report_tables_and_plots(tokenizer, tmp_path):
+    ensure_pad_token(tokenizer)
+    model = build_model(len(tokenizer), initializer_range=0.3)
+    report = run_evaluation(model, tokenizer, methods_for(model), EvalSettings(**SUPERNI), tmp_path, "tiny-llama")
+    superni = report["benchmarks"]["superni"]
+    assert superni["tasks"] == 12 and superni["instances"] == 24
+    assert set(superni["methods"]) == {"od", "id", "ctd"}
+    assert len(superni["methods"]["od"]["categories"]) == 12
+    assert set(superni["winning_rate"]) == {f"{a} > {b}" for a in ("od", "id", "ctd") for b in ("od", "id", "ctd")
+                                            if a != b}
+    changes = superni["token_changes"]
+    assert set(changes) == {"id", "ctd"} and changes["ctd"]["tokens"] > 0
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| Method | Overall | TG | CR | TE | QR | CEC | DAR | AC | KT | DT | WA | OE | GEC |" in markdown
+    for png in ("superni_categories.png", "token_changes_superni.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+    settings = json.loads((tmp_path / "report.json").read_text())["settings"]
+    assert settings["methods"]["id"] == {"method": "id", "strength": 0.3, "noise": "opposite", "noise_rate": 0.6}
+    assert {"torch", "transformers", "peft", "ctd_hf"} <= set(settings["versions"])
+
+
+def test_interrupted_run_resumes_to_the_same_report(tokenizer, tmp_path):
+    ensure_pad_token(tokenizer)
+    model = build_model(len(tokenizer), initializer_range=0.3)
+    settings = EvalSettings(**SUPERNI)
+    full = run_evaluation(model, tokenizer, methods_for(model), settings, tmp_path / "full", "tiny-llama")
+    cut = tmp_path / "cut"
+    run_evaluation(model, tokenizer, methods_for(model), settings, cut, "tiny-llama")
+    # Interrupt: keep 5 of od's predictions, leave a torn line, drop id's file entirely.
+    od = cut / "predictions" / "superni" / "od.0.jsonl"
+    od.write_text("".join(od.read_text().splitlines(keepends=True)[:5]) + '{"id": "torn')
+    (cut / "predictions" / "superni" / "id.0.jsonl").unlink()
+    resumed = run_evaluation(model, tokenizer, methods_for(model), settings, cut, "tiny-llama")
+    assert resumed["benchmarks"] == full["benchmarks"]
+    assert len(od.read_text().splitlines()) == 24
+
+
+def test_all_benchmarks_run(tokenizer, tmp_path):
+    ensure_pad_token(tokenizer)
+    model = build_model(len(tokenizer), initializer_range=0.3)
+    settings = EvalSettings(benchmarks=("drop", "mmlu", "alpacaeval"), drop_limit=3, mmlu_limit=1, mmlu_shots=1,
+                            alpacaeval_limit=3, **{k: v for k, v in SUPERNI.items() if not k.startswith("superni")})
+    report = run_evaluation(model, tokenizer, {"od": DecodingMethod("od"), "id": DecodingMethod("id")}, settings,
+                            tmp_path, "tiny-llama")
+    benchmarks = report["benchmarks"]
+    assert set(benchmarks["drop"]["methods"]["id"]) == {"exact_match", "f1"}
+    assert benchmarks["mmlu"]["instances"] == 57 and 0 <= benchmarks["mmlu"]["methods"]["od"]["accuracy"] <= 100
+    predictions = json.loads((tmp_path / "alpaca_eval_id.json").read_text())
+    assert len(predictions) == 3 and set(predictions[0]) == {"instruction", "output", "generator", "dataset"}
+    assert predictions[0]["generator"] == "tiny-llama-id"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_process_evaluation_equals_one_process(tiny_model_dir, tmp_path):
+    args = ["eval", "--model", str(tiny_model_dir), "--methods", "od,id", "--superni-tasks", "sample/train_tasks.txt",
+            "--max-instances", "2", "--max-new-tokens", "4", "--batch-size", "4", "--no-token-changes"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "-m", "ctd_hf.cli", *args, "--output-dir", str(tmp_path / "one")],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-2000:]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+              "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "ctd_hf.cli"]
+    double = subprocess.run([*launch, *args, "--output-dir", str(tmp_path / "two")], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert double.returncode == 0, double.stderr[-2000:]
+    assert len(list((tmp_path / "two" / "predictions" / "superni").glob("od.*.jsonl"))) == 2
+    one = json.loads((tmp_path / "one" / "report.json").read_text())["benchmarks"]
+    two = json.loads((tmp_path / "two" / "report.json").read_text())["benchmarks"]
+    assert one == two
