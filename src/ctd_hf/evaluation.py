@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import PartialState
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .benchmarks import LETTERS, load_alpacaeval, load_drop, load_mmlu, load_superni
 from .methods import DecodingMethod
 from .prompts import encode_prompt, format_prompt
-from .records import append_records, read_records
+from .records import append_records, process_state, read_records
 from .report import build_report, method_settings
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -103,7 +102,7 @@ def predict(
     output_dir: str | Path,
 ) -> Path:
     """Write this process's share of ``method``'s predictions on ``benchmark``, resuming what is already written."""
-    state = PartialState()
+    state = process_state()
     folder = Path(output_dir) / "predictions" / benchmark
     done = {record["id"] for path in folder.glob(f"{name}.*.jsonl") for record in read_records(path)}
     mine = [item for index, item in enumerate(items) if index % state.num_processes == state.process_index]
@@ -164,7 +163,7 @@ def run_evaluation(
     Under ``accelerate launch`` every process predicts its share and the main process writes the report and
     returns it (the others return None).
     """
-    state = PartialState()
+    state = process_state()
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     items = {benchmark: settings.items(benchmark) for benchmark in settings.benchmarks}
     for benchmark, benchmark_items in items.items():

@@ -1,11 +1,23 @@
 """Append-only JSONL files that survive being killed: each batch is flushed and fsynced, and a reader drops (and
-truncates away) a torn last line, so a restarted job redoes at most the batch it was writing."""
+truncates away) a torn last line, so a restarted job redoes at most the batch it was writing. Jobs sharded over
+processes (``accelerate launch``, ``torchrun``) write one file per process."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
+
+import torch
+from accelerate import PartialState
+
+
+def process_state() -> PartialState:
+    """This process's place in a data-parallel launch (a single process when not launched).
+
+    Without GPUs accelerate joins a multi-process launch only when asked for CPU processes, so ask for them then.
+    """
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def read_records(path: str | Path) -> list[dict]:
