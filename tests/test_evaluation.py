@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 
-import pytest
 import torch
 
 from ctd_hf.evaluation import EvalSettings, run_evaluation

@@ -104,7 +104,9 @@ def predict(
     """Write this process's share of ``method``'s predictions on ``benchmark``, resuming what is already written."""
     state = process_state()
     folder = Path(output_dir) / "predictions" / benchmark
-    done = {record["id"] for path in folder.glob(f"{name}.*.jsonl") for record in read_records(path)}
+    path = folder / f"{name}.{state.process_index}.jsonl"
+    read_records(path, repair=True)
+    done = {record["id"] for shard in folder.glob(f"{name}.*.jsonl") for record in read_records(shard)}
     mine = [item for index, item in enumerate(items) if index % state.num_processes == state.process_index]
     todo = [item for item in mine if item["id"] not in done]
     if benchmark in ("superni", "drop"):
@@ -114,7 +116,6 @@ def predict(
     lengths = {item["id"]: len(encode_prompt(format_prompt([item["message"]], settings.prompt_format, tokenizer),
                                              tokenizer, settings.prompt_format)) for item in todo}
     todo.sort(key=lambda item: (-lengths[item["id"]], item["id"]))
-    path = folder / f"{name}.{state.process_index}.jsonl"
     eos = model.generation_config.eos_token_id
     eos_ids = set(eos if isinstance(eos, list) else [eos])
     record_original = settings.token_changes and method.name != "od" and benchmark != "mmlu"

@@ -22,15 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import torch
 import transformers
-from accelerate import PartialState
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .methods import DecodingMethod
 from .models import ensure_pad_token, load_model_and_tokenizer
 from .prompts import PROMPT_FORMATS
+from .records import append_records, process_state, read_records
 
 OUTPUT_FORMATS = ("alpaca", "messages")
 CONFIG_NAME = "synthesis_config.json"
@@ -106,7 +105,7 @@ def synthesize(
         raise ValueError(f"Unknown prompt format {prompt_format!r}; choose one of {PROMPT_FORMATS}.")
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
-    state = distributed_state()
+    state = process_state()
     rank = state.process_index if rank is None else rank
     world_size = state.num_processes if world_size is None else world_size
     if not 0 <= rank < world_size:
@@ -133,7 +132,7 @@ def synthesize(
         _write_json(output_dir / CONFIG_NAME, {**config, "complete": False})
 
     shard = output_dir / f"shard-{rank:05d}-of-{world_size:05d}.jsonl"
-    _cut_torn_tail(shard)
+    read_records(shard, repair=True)
     done = _answered(output_dir, records)
     todo = [r for r in records if r["key"] % world_size == rank and r["key"] not in done]
     transformers.set_seed(seed + rank)
@@ -143,18 +142,15 @@ def synthesize(
     plain_is_output = method.name == "od" and not kwargs["do_sample"]
     batches = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
     desc = "Synthesizing" + (f" (rank {rank}/{world_size})" if world_size > 1 else "")
-    with open(shard, "ab") as sink:
-        for batch in tqdm(batches, desc=desc, unit="batch", file=sys.stderr, position=rank if world_size > 1 else None):
-            messages = [{"role": "user", "content": r["instruction"], "input": r["input"]} for r in batch]
-            answers = method.generate(expert, tokenizer, messages, prompt_format, **kwargs)
-            rows = [{**r, "output": answer} for r, answer in zip(batch, answers)]
-            if also_plain:
-                plain_answers = answers if plain_is_output else plain.generate(
-                    expert, tokenizer, messages, prompt_format, **plain_kwargs)
-                rows = [{**row, "output_plain": answer} for row, answer in zip(rows, plain_answers)]
-            sink.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8"))
-            sink.flush()
-            os.fsync(sink.fileno())
+    for batch in tqdm(batches, desc=desc, unit="batch", file=sys.stderr, position=rank if world_size > 1 else None):
+        messages = [{"role": "user", "content": r["instruction"], "input": r["input"]} for r in batch]
+        answers = method.generate(expert, tokenizer, messages, prompt_format, **kwargs)
+        rows = [{**r, "output": answer} for r, answer in zip(batch, answers)]
+        if also_plain:
+            plain_answers = answers if plain_is_output else plain.generate(
+                expert, tokenizer, messages, prompt_format, **plain_kwargs)
+            rows = [{**row, "output_plain": answer} for row, answer in zip(rows, plain_answers)]
+        append_records(shard, rows)
 
     if state.num_processes > 1:
         state.wait_for_everyone()
@@ -167,19 +163,6 @@ def synthesize(
               file=sys.stderr)
         return None
     return _merge(output_dir, [answered[r["key"]] for r in records], config, output_format, also_plain)
-
-
-def distributed_state() -> PartialState:
-    """accelerate's ``PartialState``, on the CPU where no accelerator is: accelerate would otherwise take a CPU-only
-    ``torchrun`` (or ``accelerate launch --multi_gpu``) run for several independent single-process runs."""
-    accelerator = getattr(torch, "accelerator", None)
-    has_accelerator = accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
-    state = PartialState(cpu=not has_accelerator)
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched > 1 and state.num_processes != launched:
-        raise RuntimeError(f"Launched as {launched} processes, but accelerate's PartialState sees "
-                           f"{state.num_processes}: its ranks would write the same shard.")
-    return state
 
 
 def _version() -> str:
@@ -207,42 +190,12 @@ def _check_config(output_dir: Path, config: dict) -> None:
                          "--output-dir, or delete the folder to start over.")
 
 
-def _read_shard(path: Path) -> tuple[list[dict], int]:
-    """The complete records of a shard and the number of bytes they fill (what follows is a torn write)."""
-    data = path.read_bytes() if path.is_file() else b""
-    records, good = [], 0
-    *lines, _tail = data.split(b"\n")  # the tail is b"" unless the last line is torn
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            break
-        if not isinstance(record, dict) or not isinstance(record.get("key"), int):
-            break
-        records.append(record)
-        good += len(line) + 1
-    return records, good
-
-
-def _cut_torn_tail(path: Path) -> None:
-    """Truncate this rank's shard back to its last complete line."""
-    if not path.is_file():
-        return
-    _records, good = _read_shard(path)
-    if good < path.stat().st_size:
-        print(f"Dropping {path.stat().st_size - good} bytes of a torn write at the end of {path}.", file=sys.stderr)
-        with open(path, "r+b") as handle:
-            handle.truncate(good)
-            handle.flush()
-            os.fsync(handle.fileno())
-
-
 def _answered(output_dir: Path, records: list[dict]) -> dict[int, dict]:
     """Answers already in any shard of ``output_dir``, by key, checked against the instructions they answer."""
     by_key = {r["key"]: r for r in records}
     answered: dict[int, dict] = {}
     for path in sorted(output_dir.glob("shard-*.jsonl")):
-        for row in _read_shard(path)[0]:
+        for row in read_records(path):
             source = by_key.get(row["key"])
             if source is None or row["key"] in answered:
                 continue  # beyond --limit this time, or a duplicate (kept once)
@@ -315,7 +268,7 @@ def synth_command(args: argparse.Namespace) -> datasets.Dataset | None:
     args.method = args.method or ("ctd" if args.prefix else "cd")
     if args.method == "cd" and not args.amateur:
         raise SystemExit("ctd-hf synth: method cd needs --amateur (the expert's pre-trained base model).")
-    device = distributed_state().device
+    device = process_state().device
     method = method_from_args(args)
     if method.amateur is not None:
         method.amateur.to(device)
