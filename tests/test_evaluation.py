@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from ctd_hf.evaluation import EvalSettings, run_evaluation
@@ -62,6 +63,9 @@ def test_interrupted_run_resumes_to_the_same_report(tokenizer, tmp_path):
     resumed = run_evaluation(model, tokenizer, methods_for(model), settings, cut, "tiny-llama")
     assert resumed["benchmarks"] == full["benchmarks"]
     assert len(od.read_text().splitlines()) == 24
+    changed = EvalSettings(**{**SUPERNI, "max_new_tokens": {"superni": 9}})
+    with pytest.raises(ValueError, match="other settings.*max_new_tokens"):
+        run_evaluation(model, tokenizer, methods_for(model), changed, cut, "tiny-llama")
 
 
 def test_all_benchmarks_run(tokenizer, tmp_path):

@@ -7,6 +7,7 @@ items whose index is ``r`` modulo the number of processes. Scoring and reports (
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -165,7 +166,9 @@ def run_evaluation(
     returns it (the others return None).
     """
     state = process_state()
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    run_settings = {"seed": seed, "methods": {n: method_settings(m) for n, m in methods.items()},
+                    "eval": {k: v for k, v in vars(settings).items()}}
+    _check_resumable(Path(output_dir), run_settings, state.is_main_process)
     items = {benchmark: settings.items(benchmark) for benchmark in settings.benchmarks}
     for benchmark, benchmark_items in items.items():
         for name, method in methods.items():
@@ -174,6 +177,24 @@ def run_evaluation(
     if not state.is_main_process:
         return None
     results = {b: (items[b], {n: collect_predictions(output_dir, b, n) for n in methods}) for b in items}
-    run_settings = {"seed": seed, "methods": {n: method_settings(m) for n, m in methods.items()},
-                    "eval": {k: v for k, v in vars(settings).items()}}
     return build_report(output_dir, results, run_settings, model_name)
+
+
+def _check_resumable(output_dir: Path, run_settings: dict, is_main_process: bool) -> None:
+    """Refuse to add predictions to a folder written with other settings (a method's settings, the prompt format, the
+    token limits...): a resumed run must not mix them. More methods or benchmarks than before are fine."""
+    path = output_dir / "eval_settings.json"
+    current = json.loads(json.dumps(run_settings, default=str))
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        shared = set(previous["methods"]) & set(current["methods"])
+        changed = [f"method {n}" for n in sorted(shared) if previous["methods"][n] != current["methods"][n]]
+        ignored = ("benchmarks", "drop_limit", "mmlu_limit", "alpacaeval_limit", "max_instances")
+        changed += [key for key, value in current["eval"].items()
+                    if key not in ignored and previous["eval"].get(key) != value]
+        if changed:
+            raise ValueError(f"{output_dir} holds predictions made with other settings ({', '.join(changed)}): use a "
+                             "new --output-dir, or delete the folder to start over.")
+    if is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(current, indent=2) + "\n")
