@@ -18,7 +18,7 @@ from .evaluation import EvalSettings, run_evaluation
 from .methods import METHODS, DecodingMethod
 from .models import load_model_and_tokenizer
 from .noise import NOISE_TYPES
-from .prefix import add_soft_prefix, resolve_prefix
+from .prefix import add_soft_prefix, model_id, resolve_prefix
 from .prompts import PROMPT_FORMATS, encode_prompt, format_prompt
 from .synth import add_synth_parser
 from .trainer import CTDConfig, CTDTrainer
@@ -260,7 +260,7 @@ def eval_command(args: argparse.Namespace) -> dict | None:
         max_new_tokens={"superni": args.max_new_tokens, "drop": 32, "alpacaeval": 512},
         token_changes=not args.no_token_changes,
     )
-    report = run_evaluation(model, tokenizer, methods, settings, args.output_dir, args.model, args.seed)
+    report = run_evaluation(model, tokenizer, methods, settings, args.output_dir, model_id(model), args.seed)
     if report is not None:
         print(Path(args.output_dir, "report.md").read_text())
     return report

@@ -181,7 +181,7 @@ def plot_categories(superni: dict, path: str | Path) -> None:
     categories = _ordered(next(iter(methods.values()))["categories"])
     labels = ["Overall"] + [CATEGORY_ABBREVIATIONS.get(c, c) for c in categories]
     width = 0.8 / len(methods)
-    figure, axis = plt.subplots(figsize=(max(6, 0.9 * len(labels) * len(methods)), 4))
+    figure, axis = plt.subplots(figsize=(min(16, 2 + 0.8 * len(labels)), 4))
     for offset, (name, scores) in enumerate(methods.items()):
         values = [scores["overall"]["rougeL"]] + [scores["categories"][c]["rougeL"] for c in categories]
         axis.bar([x + offset * width for x in range(len(labels))], values, width, label=name)
