@@ -98,10 +98,12 @@ def test_batched_left_padded_equals_one_prompt_at_a_time(left_tokenizer):
         assert torch.equal(row[-8:], alone[0, -8:])
 
 
-def test_doubled_batch_equals_stream(left_tokenizer):
+# generate() drops an all-ones attention mask (one prompt, or prompts of one length): the doubled batch rebuilds it.
+@pytest.mark.parametrize("prompts", [PROMPTS, PROMPTS[:1], [PROMPTS[0]] * 2], ids=["padded", "one", "unpadded"])
+def test_doubled_batch_equals_stream(left_tokenizer, prompts):
     model = make_model("llama-untied", len(left_tokenizer))
     prefix = make_prefix(model)
-    inputs = left_tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    inputs = left_tokenizer(prompts, return_tensors="pt", padding=True)
     stream = greedy(model, inputs, CTDProcessor(model, prefix, beta=BETA))
     doubled = ctd_hf.generate(model, CTDProcessor(model, prefix, beta=BETA), **inputs, do_sample=False, max_new_tokens=8, pad_token_id=0)
     assert torch.equal(stream, doubled)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,9 @@ class CTDTrainer(Trainer):
         if not isinstance(args, CTDConfig):
             raise TypeError("CTDTrainer needs a CTDConfig (TrainingArguments with `alpha`) as `args`.")
         super().__init__(model=model, args=args, **kwargs)
+        # transformers' causal LMs take `logits_to_keep` (an int, or a 1D tensor of positions) to skip the vocabulary
+        # projection elsewhere; compute_loss uses it when the model has it.
+        self._logits_to_keep = "logits_to_keep" in inspect.signature(model.get_base_model().forward).parameters
         # compute_loss normalises by the token count of the whole accumulated batch, as a causal LM's own loss does.
         self.model_accepts_loss_kwargs = True
 
@@ -70,17 +74,22 @@ class CTDTrainer(Trainer):
                 "CTDTrainer got a left-padded batch; it needs right padding so the prefix sits before each row's "
                 "first token. Use ctd_hf.RightPaddingCollator or tokenizer.padding_side = 'right'."
             )
-        # Only the label positions are contrasted (contrastive_loss). Each (batch, seq, vocab) logits tensor is cut
-        # down to them as soon as it exists, so the full z is freed before the forward with gradient and the full z~
-        # before the loss (unless the outputs are returned); the loss then works in place on the two gathered copies.
+        # Only the label positions are contrasted (see contrastive_loss), so the logits are computed there only
+        # (`logits_to_keep`: the positions any row needs, counted from the end, where the input tokens sit behind any
+        # virtual tokens) and cut down to the label tokens at once: the full z never coexists with the activations
+        # of the forward with gradient, and the loss works in place on the two gathered (tokens, vocab) copies.
         keep = label_positions(labels)
+        needed = {}
+        if self._logits_to_keep:
+            needed["logits_to_keep"] = keep.any(dim=0).nonzero().squeeze(1) - input_ids.shape[1]
         adapter_model = self.accelerator.unwrap_model(model)
         with torch.no_grad(), adapter_model.disable_adapter():
-            logits = adapter_model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][keep]
+            logits = adapter_model(input_ids=input_ids, attention_mask=attention_mask, **needed).logits
+            logits = _at_labels(logits, keep)
         # Through `model`, so a DistributedDataParallel wrapper sees the forward and syncs the adapter's gradients.
-        outputs = model(input_ids=input_ids, attention_mask=attention_mask)
-        # Prompt tuning returns the virtual tokens' positions first; keep the ones aligned with the input tokens.
-        correction = outputs.logits[:, -input_ids.shape[1] :][:, :-1][keep]
+        # Returned outputs (evaluation) keep the logits of every position.
+        outputs = model(input_ids=input_ids, attention_mask=attention_mask, **({} if return_outputs else needed))
+        correction = _at_labels(outputs.logits, keep)
         if not return_outputs:
             outputs = None
         loss = contrastive_token_loss(logits, correction, labels[:, 1:][keep], self.args.alpha, num_items_in_batch)
@@ -93,3 +102,15 @@ class CTDTrainer(Trainer):
         """Save the adapter in peft's layout (Trainer's own code), plus the ``ctd_hf.json`` card the loader checks."""
         super()._save(output_dir, state_dict)
         write_card(output_dir or self.args.output_dir, self.accelerator.unwrap_model(self.model), alpha=self.args.alpha)
+
+
+def _at_labels(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The ``(tokens, vocab)`` rows of ``logits`` at the label positions ``keep`` (``label_positions(labels)``).
+
+    ``logits`` cover either the whole sequence (the input tokens are its last ``keep.shape[1] + 1`` positions; prompt
+    tuning puts its virtual tokens first) or only the positions any row needs, ``keep.any(dim=0)``, in order.
+    """
+    needed = keep.any(dim=0)
+    if logits.shape[1] == int(needed.sum()):
+        return logits[keep[:, needed]]
+    return logits[:, -(keep.shape[1] + 1) : -1][keep]
