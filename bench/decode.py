@@ -20,7 +20,8 @@ plus ``greedy`` at batch 2 (two copies of the batch-1 prompt: the floor for a do
 
 The prefix is the embeddings of 20 random vocabulary tokens (timing does not need a trained prefix).
 
-    python bench/decode.py                  # default: warm-up + 3 repetitions, about 6-8 minutes on 2 CPU cores
+    python bench/decode.py                  # default: warm-up + 3 repetitions, about 15-20 minutes on 2 CPU cores
+    python bench/decode.py --only-b1        # batch 1 only, about 5 minutes
     python bench/decode.py --reps 1 --quick # smoke run
 
 Prints a Markdown table and one JSON line (``BENCH_JSON {...}``).
