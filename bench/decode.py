@@ -5,10 +5,11 @@ methods interleaved inside every repetition (one short warm-up round of ``--warm
 rounds at full length; the median is reported):
 
 * ``greedy``   plain ``model.generate()``
-* ``stream``   ``model.generate(logits_processor=[CTDProcessor(model, prefix, beta)])`` (contrast stream, own cache)
-* ``doubled``  ``ctd_hf.generate(model, CTDProcessor(model, prefix, beta))`` (one forward of 2B rows per step)
+* ``stream``   ``with CTDProcessor(model, prefix, beta) as p: model.generate(logits_processor=[p])`` (contrast stream,
+  own cache)
+* ``doubled``  ``ctd_hf.generate_doubled(model, CTDContrast(model, prefix, beta))`` (one forward of 2B rows per step)
 * ``id-stream`` / ``id-doubled``  Instructive Decoding (``opposite`` noise, strength 0.3) through the stream and
-  through ``ctd_hf.generate`` (the noisy prompt differs in length from the real one)
+  through ``ctd_hf.generate_doubled`` (the noisy prompt differs in length from the real one)
 * ``cd-stream``  Contrastive Decoding with the model as its own amateur (the cost of a same-size amateur; a smaller
   amateur costs less)
 * ``peer``     transformers' own unbatched classifier-free guidance: ``model.generate(guidance_scale=...,
@@ -45,8 +46,10 @@ import transformers
 import ctd_hf
 from ctd_hf import (
     ContrastiveDecodingProcessor,
+    ContrastProcessor,
+    CTDContrast,
     CTDProcessor,
-    InstructiveDecodingProcessor,
+    InstructiveContrast,
     format_prompt,
     load_model_and_tokenizer,
     noisy_instruction,
@@ -101,7 +104,7 @@ def main() -> None:
 
     model, tokenizer = load_model_and_tokenizer()  # default model, fp32, CPU
     model.eval()
-    tokenizer.padding_side = "left"
+    tokenizer.padding_side = "left"  # every batch below is left-padded
     pad_id = tokenizer.pad_token_id
 
     prompts = load_prompts(tokenizer, args.batch)
@@ -132,25 +135,28 @@ def main() -> None:
     def run_greedy(b, n):
         return model.generate(**batches[b], **common(n))
 
+    def stream(b, n, processor):
+        with processor:
+            return model.generate(**batches[b], logits_processor=[processor], **common(n))
+
     def run_stream(b, n):
-        return model.generate(**batches[b], logits_processor=[CTDProcessor(model, prefix, beta=args.beta)], **common(n))
+        return stream(b, n, CTDProcessor(model, prefix, beta=args.beta))
 
     def run_doubled(b, n):
-        return ctd_hf.generate(model, CTDProcessor(model, prefix, beta=args.beta), **batches[b], **common(n))
+        return ctd_hf.generate_doubled(model, CTDContrast(model, prefix, beta=args.beta), **batches[b], **common(n))
 
     def instructive(b):
         noisy = noisy_prompts[b]
-        return InstructiveDecodingProcessor(model, noisy["input_ids"], noisy["attention_mask"], strength=0.3)
+        return InstructiveContrast(model, noisy["input_ids"], noisy["attention_mask"], strength=0.3)
 
     def run_id_stream(b, n):
-        return model.generate(**batches[b], logits_processor=[instructive(b)], **common(n))
+        return stream(b, n, ContrastProcessor(instructive(b)))
 
     def run_id_doubled(b, n):
-        return ctd_hf.generate(model, instructive(b), **batches[b], **common(n))
+        return ctd_hf.generate_doubled(model, instructive(b), **batches[b], **common(n))
 
     def run_cd_stream(b, n):
-        processor = ContrastiveDecodingProcessor(model, model, alpha=0.1, beta=1.0, tokenizer=tokenizer)
-        return model.generate(**batches[b], logits_processor=[processor], **common(n))
+        return stream(b, n, ContrastiveDecodingProcessor(model, model, alpha=0.1, beta=1.0, tokenizer=tokenizer))
 
     def run_peer(b, n):
         neg = negatives[b]

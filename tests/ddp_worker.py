@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import SFT_SAMPLE, build_model  # noqa: E402
 
 from ctd_hf import CTDConfig, CTDTrainer, RightPaddingCollator, add_soft_prefix  # noqa: E402
-from ctd_hf.data import load_sft_data, tokenize_sft  # noqa: E402
+from ctd_hf.training.data import load_sft_data, tokenize_sft  # noqa: E402
 from ctd_hf.models import ensure_pad_token  # noqa: E402
 
 MAX_LENGTH = 96

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +11,7 @@ import torch.nn.functional as F
 import ctd_hf
 from ctd_hf import ContrastiveDecodingProcessor, InstructiveDecodingProcessor, noisy_instruction
 from ctd_hf.contrast import contrastive_decoding_scores
-from ctd_hf.noise import OPPOSITE, word_list
+from ctd_hf.decoding.noise import OPPOSITE, word_list
 from ctd_hf.models import ensure_pad_token
 
 from conftest import build_model
@@ -32,8 +34,9 @@ def expert_and_amateur(vocab_size: int, amateur_rows: int | None = None):
 
 
 def greedy(model, inputs, processor=None, **kwargs):
-    return model.generate(**inputs, logits_processor=[processor] if processor else None, do_sample=False,
-                          max_new_tokens=8, pad_token_id=0, **kwargs)
+    with processor or nullcontext():
+        return model.generate(**inputs, logits_processor=[processor] if processor else None, do_sample=False,
+                              max_new_tokens=8, pad_token_id=0, **kwargs)
 
 
 def unpadded(row: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -64,7 +67,7 @@ def test_instructive_decoding_equals_brute_force(left_tokenizer):
             z_tilde = last_logits(model, torch.cat([noisy_prompt, real[start:t]]))
             assert real[t] == (z - 0.5 * z_tilde).argmax()
 
-    doubled = ctd_hf.generate(model, processor, **inputs, do_sample=False, max_new_tokens=8, pad_token_id=0)
+    doubled = ctd_hf.generate_doubled(model, processor, **inputs, do_sample=False, max_new_tokens=8, pad_token_id=0)
     assert torch.equal(doubled, output)
 
 
@@ -86,7 +89,7 @@ def test_contrastive_decoding_equals_brute_force(left_tokenizer):
             expected = torch.where(plausible, expert_lp - amateur_lp, torch.tensor(float("-inf"))).argmax()
             assert real[t] == expected
     with pytest.raises(ValueError, match="two models|another model"):
-        ctd_hf.generate(expert, processor, **inputs, max_new_tokens=2)
+        ctd_hf.generate_doubled(expert, processor, **inputs, max_new_tokens=2)
 
 
 def test_zero_strength_is_plain_decoding(left_tokenizer):

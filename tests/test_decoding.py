@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from contextlib import redirect_stdout
+from contextlib import nullcontext, redirect_stdout
 
 import pytest
 import torch
@@ -47,9 +47,10 @@ def make_prefix(model, length: int = 5) -> torch.Tensor:
 
 
 def greedy(model, inputs, processor=None, **kwargs):
-    processors = [processor] if processor is not None else None
-    return model.generate(**inputs, logits_processor=processors, do_sample=False, max_new_tokens=8,
-                          pad_token_id=0, **kwargs)
+    """Greedy generate() with the stream processor (inside its `with` block) or plain."""
+    with processor or nullcontext():
+        return model.generate(**inputs, logits_processor=[processor] if processor else None, do_sample=False,
+                              max_new_tokens=8, pad_token_id=0, **kwargs)
 
 
 def brute_force_scores(model, prefix, ids: torch.Tensor, beta: float) -> torch.Tensor:
@@ -84,7 +85,8 @@ def test_beta_zero_is_plain_generate(left_tokenizer, tiny_model):
     torch.manual_seed(7)
     plain = model.generate(**inputs, **sampling)
     torch.manual_seed(7)
-    contrasted = model.generate(**inputs, logits_processor=[processor], **sampling)
+    with processor:
+        contrasted = model.generate(**inputs, logits_processor=[processor], **sampling)
     assert torch.equal(plain, contrasted)
 
 
@@ -105,7 +107,7 @@ def test_doubled_batch_equals_stream(left_tokenizer, prompts):
     prefix = make_prefix(model)
     inputs = left_tokenizer(prompts, return_tensors="pt", padding=True)
     stream = greedy(model, inputs, CTDProcessor(model, prefix, beta=BETA))
-    doubled = ctd_hf.generate(model, CTDProcessor(model, prefix, beta=BETA), **inputs, do_sample=False, max_new_tokens=8, pad_token_id=0)
+    doubled = ctd_hf.generate_doubled(model, CTDProcessor(model, prefix, beta=BETA), **inputs, do_sample=False, max_new_tokens=8, pad_token_id=0)
     assert torch.equal(stream, doubled)
     assert not model._forward_hooks and not model._forward_pre_hooks or len(model._forward_pre_hooks) <= 1
 
@@ -118,9 +120,10 @@ def test_beam_score_is_the_sum_of_brute_force_step_scores(left_tokenizer, path):
     kwargs = dict(num_beams=3, length_penalty=0.0, max_new_tokens=6, do_sample=False, pad_token_id=0,
                   return_dict_in_generate=True, output_scores=True)
     if path == "stream":
-        out = model.generate(**inputs, logits_processor=[CTDProcessor(model, prefix, beta=BETA)], **kwargs)
+        with CTDProcessor(model, prefix, beta=BETA) as processor:
+            out = model.generate(**inputs, logits_processor=[processor], **kwargs)
     else:
-        out = ctd_hf.generate(model, CTDProcessor(model, prefix, beta=BETA), **inputs, **kwargs)
+        out = ctd_hf.generate_doubled(model, CTDProcessor(model, prefix, beta=BETA), **inputs, **kwargs)
     prompt_length = inputs["input_ids"].shape[1]
     for row, (sequence, mask) in enumerate(zip(out.sequences, inputs["attention_mask"])):
         real = sequence[int((mask == 0).sum()):]
@@ -134,8 +137,9 @@ def test_sampling_with_several_return_sequences_follows_each_row(left_tokenizer)
     prefix = make_prefix(model)
     inputs = left_tokenizer(PROMPTS[:2], return_tensors="pt", padding=True)
     # top_k=1 sampling is greedy on the contrasted scores, so every copy must equal the greedy CTD output.
-    sampled = model.generate(**inputs, logits_processor=[CTDProcessor(model, prefix, beta=BETA)], do_sample=True,
-                             top_k=1, num_return_sequences=3, max_new_tokens=8, pad_token_id=0)
+    with CTDProcessor(model, prefix, beta=BETA) as processor:
+        sampled = model.generate(**inputs, logits_processor=[processor], do_sample=True, top_k=1,
+                                 num_return_sequences=3, max_new_tokens=8, pad_token_id=0)
     expected = greedy(model, inputs, CTDProcessor(model, prefix, beta=BETA)).repeat_interleave(3, dim=0)
     assert torch.equal(sampled, expected)
 
@@ -167,9 +171,9 @@ def test_low_precision_follows_the_model_dtype(left_tokenizer, dtype):
     model = make_model("llama-untied", len(left_tokenizer)).to(dtype)
     inputs = left_tokenizer(PROMPTS, return_tensors="pt", padding=True)
     processor = CTDProcessor(model, make_prefix(model), beta=0.0)
-    assert processor.prefix.dtype == dtype
+    assert processor.contrast.prefix.dtype == dtype
     assert torch.equal(greedy(model, inputs, processor), greedy(model, inputs))
-    assert ctd_hf.generate(model, CTDProcessor(model, make_prefix(model), beta=BETA), **inputs, max_new_tokens=4, pad_token_id=0).shape[1] \
+    assert ctd_hf.generate_doubled(model, CTDProcessor(model, make_prefix(model), beta=BETA), **inputs, max_new_tokens=4, pad_token_id=0).shape[1] \
         == inputs["input_ids"].shape[1] + 4
 
 
@@ -186,7 +190,7 @@ def test_bad_inputs_are_refused(left_tokenizer, tmp_path):
     with pytest.raises(ValueError, match="right-padded"):
         greedy(model, right, CTDProcessor(model, prefix, beta=BETA))
     with pytest.raises(ValueError, match="right-padded"):
-        ctd_hf.generate(model, CTDProcessor(model, prefix), **right, max_new_tokens=2, pad_token_id=0)
+        ctd_hf.generate_doubled(model, CTDProcessor(model, prefix), **right, max_new_tokens=2, pad_token_id=0)
     left_tokenizer.padding_side = "left"
     inputs = left_tokenizer(PROMPTS, return_tensors="pt", padding=True)
     single = left_tokenizer(["the cat sat on the mat, the cat sat on the"], return_tensors="pt")  # lookup finds n-grams
@@ -194,17 +198,18 @@ def test_bad_inputs_are_refused(left_tokenizer, tmp_path):
         greedy(model, single, CTDProcessor(model, prefix), prompt_lookup_num_tokens=2)
     with pytest.raises(ValueError, match="inputs_embeds"):
         embeds = model.get_input_embeddings()(inputs["input_ids"])
-        model.generate(inputs_embeds=embeds, attention_mask=inputs["attention_mask"], max_new_tokens=2,
-                       logits_processor=[CTDProcessor(model, prefix)], pad_token_id=0)
+        with CTDProcessor(model, prefix) as processor:
+            model.generate(inputs_embeds=embeds, attention_mask=inputs["attention_mask"], max_new_tokens=2,
+                           logits_processor=[processor], pad_token_id=0)
     with pytest.raises(ValueError, match="does not support `prompt_lookup_num_tokens`"):
-        ctd_hf.generate(model, CTDProcessor(model, prefix), **inputs, prompt_lookup_num_tokens=2)
+        ctd_hf.generate_doubled(model, CTDProcessor(model, prefix), **inputs, prompt_lookup_num_tokens=2)
 
 
 def test_prefix_for_another_model_is_refused(tiny_model_dir, tmp_path, left_tokenizer):
     from transformers import AutoModelForCausalLM
 
     from ctd_hf import add_soft_prefix
-    from ctd_hf.prefix import write_card
+    from ctd_hf.training.prefix import write_card
 
     prefixed = add_soft_prefix(AutoModelForCausalLM.from_pretrained(tiny_model_dir), num_virtual_tokens=4)
     prefixed.save_pretrained(tmp_path / "prefix")

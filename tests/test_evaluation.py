@@ -11,14 +11,14 @@ import sys
 import pytest
 import torch
 
-from ctd_hf.evaluation import EvalSettings, run_evaluation
-from ctd_hf.methods import DecodingMethod
+from ctd_hf.evaluation.runner import EvalSettings, run_evaluation
+from ctd_hf.decoding.methods import DecodingMethod
 from ctd_hf.models import ensure_pad_token
 
 from conftest import SHARED_DATA, build_model
 
-SUPERNI = dict(superni_dir=str(SHARED_DATA / "supernatinst"), superni_tasks="sample/train_tasks.txt",
-               superni_categories="sample/train_task_test_category_analog.json", max_instances=2,
+SUPERNI = dict(options={"superni": dict(dir=str(SHARED_DATA / "supernatinst"), tasks="sample/train_tasks.txt",
+                                         categories="sample/train_task_test_category_analog.json", max_instances=2)},
                max_new_tokens={"superni": 6, "drop": 4, "alpacaeval": 4}, batch_size=4)
 
 
@@ -71,8 +71,9 @@ def test_interrupted_run_resumes_to_the_same_report(tokenizer, tmp_path):
 def test_all_benchmarks_run(tokenizer, tmp_path):
     ensure_pad_token(tokenizer)
     model = build_model(len(tokenizer), initializer_range=0.3)
-    settings = EvalSettings(benchmarks=("drop", "mmlu", "alpacaeval"), drop_limit=3, mmlu_limit=1, mmlu_shots=1,
-                            alpacaeval_limit=3, **{k: v for k, v in SUPERNI.items() if not k.startswith("superni")})
+    options = {"drop": {"limit": 3}, "mmlu": {"limit": 1, "shots": 1}, "alpacaeval": {"limit": 3}}
+    settings = EvalSettings(benchmarks=("drop", "mmlu", "alpacaeval"), options=options,
+                            **{k: v for k, v in SUPERNI.items() if k != "options"})
     report = run_evaluation(model, tokenizer, {"od": DecodingMethod("od"), "id": DecodingMethod("id")}, settings,
                             tmp_path, "tiny-llama")
     benchmarks = report["benchmarks"]

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from ctd_hf.scoring import load_metric, metric_path
+from ctd_hf.evaluation.scoring import load_metric, metric_path
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerFast
 
 from ctd_hf import load_model_and_tokenizer, synthesize
 from ctd_hf.cli import main
-from ctd_hf.methods import DecodingMethod
+from ctd_hf.decoding.methods import DecodingMethod
 
 from conftest import SFT_SAMPLE, SHARED_DATA, build_model
 
@@ -117,7 +117,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tiny_pair, instructions, 
     assert datasets.load_from_disk(str(output_dir / "dataset")).to_list() == lines(reference / "data.jsonl")
 
     with pytest.raises(ValueError, match="other settings"):  # resuming with other settings is refused
-        main(synth_args(tiny_pair, instructions, output_dir, "--beta", "0.5"))
+        main(synth_args(tiny_pair, instructions, output_dir, "--cd-beta", "0.5"))
     with pytest.raises(SystemExit, match="--amateur"):
         main(["synth", "--instructions", str(instructions), "--output-dir", str(tmp_path / "x")])
 

@@ -1,48 +1,88 @@
-"""ctd_hf: contrastive tuning and decoding for Hugging Face causal language models."""
+"""ctd_hf: contrastive tuning and decoding for Hugging Face causal language models.
 
-__version__ = "0.1.0"
+The public names below are imported on first use (PEP 562 ``__getattr__``, as transformers' ``_LazyModule`` does), so
+``import ctd_hf`` stays fast and loads torch, transformers, peft, datasets and evaluate only when a name that needs
+them is touched. The package map is ``docs/architecture.md``.
+"""
 
-from .contrast import contrast_logits, contrastive_loss  # noqa: E402
-from .doubled import DoubledCache, generate  # noqa: E402
-from .data import RightPaddingCollator, load_sft_data, tokenize_sft  # noqa: E402
-from .models import DEFAULT_MODEL, default_model_dir, load_model_and_tokenizer  # noqa: E402
-from .prefix import AdapterMismatchError, add_soft_prefix, check_adapter, load_adapter  # noqa: E402
-from .evaluation import EvalSettings, run_evaluation  # noqa: E402
-from .methods import METHODS, DecodingMethod  # noqa: E402
-from .noise import NOISE_TYPES, noisy_instruction  # noqa: E402
-from .processors import CTDProcessor, ContrastiveDecodingProcessor, InstructiveDecodingProcessor  # noqa: E402
-from .prompts import PROMPT_FORMATS, format_completion, format_prompt  # noqa: E402
-from .synth import synthesize  # noqa: E402
-from .trainer import CTDConfig, CTDTrainer  # noqa: E402
+from __future__ import annotations
 
-__all__ = [
-    "DEFAULT_MODEL",
-    "PROMPT_FORMATS",
-    "AdapterMismatchError",
-    "CTDConfig",
-    "CTDProcessor",
-    "ContrastiveDecodingProcessor",
-    "CTDTrainer",
-    "DecodingMethod",
-    "DoubledCache",
-    "EvalSettings",
-    "InstructiveDecodingProcessor",
-    "METHODS",
-    "NOISE_TYPES",
-    "RightPaddingCollator",
-    "add_soft_prefix",
-    "check_adapter",
-    "contrast_logits",
-    "contrastive_loss",
-    "default_model_dir",
-    "format_completion",
-    "format_prompt",
-    "generate",
-    "load_adapter",
-    "load_model_and_tokenizer",
-    "load_sft_data",
-    "noisy_instruction",
-    "run_evaluation",
-    "synthesize",
-    "tokenize_sft",
-]
+import importlib
+import warnings
+from typing import Any
+
+from ._version import __version__
+
+# Public name -> module (relative to this package) that defines it.
+_EXPORTS = {
+    # the one formula
+    "contrast_logits": "contrast",
+    "contrastive_loss": "contrast",
+    # models and prompts
+    "DEFAULT_MODEL": "models",
+    "default_model_dir": "models",
+    "load_model_and_tokenizer": "models",
+    "PROMPT_FORMATS": "prompts",
+    "format_prompt": "prompts",
+    "format_completion": "prompts",
+    # decoding: what is contrasted, and the two executors
+    "Contrast": "decoding.contrasts",
+    "CTDContrast": "decoding.contrasts",
+    "InstructiveContrast": "decoding.contrasts",
+    "ContrastiveDecodingContrast": "decoding.contrasts",
+    "ContrastProcessor": "decoding.stream",
+    "CTDProcessor": "decoding.processors",
+    "InstructiveDecodingProcessor": "decoding.processors",
+    "ContrastiveDecodingProcessor": "decoding.processors",
+    "DoubledCache": "decoding.doubled",
+    "generate_doubled": "decoding.doubled",
+    "OriginalPredictions": "decoding.recording",
+    "NOISE_TYPES": "decoding.noise",
+    "noisy_instruction": "decoding.noise",
+    "METHODS": "decoding.methods",
+    "DecodingMethod": "decoding.methods",
+    "generate_answers": "decoding.batch",
+    # training
+    "AdapterMismatchError": "training.prefix",
+    "add_soft_prefix": "training.prefix",
+    "check_adapter": "training.prefix",
+    "load_adapter": "training.prefix",
+    "RightPaddingCollator": "training.data",
+    "load_sft_data": "training.data",
+    "tokenize_sft": "training.data",
+    "CTDConfig": "training.config",
+    "CTDTrainer": "training.trainer",
+    # evaluation and synthesis
+    "EvalSettings": "evaluation.runner",
+    "run_evaluation": "evaluation.runner",
+    "Task": "evaluation.tasks",
+    "get_task": "evaluation.tasks",
+    "register_task": "evaluation.tasks",
+    "load_metric": "evaluation.scoring",
+    "synthesize": "synthesis",
+}
+
+# Old name -> (new public name, what to write instead). Kept for one release.
+_DEPRECATED = {
+    "generate": ("generate_doubled", "ctd_hf.generate_doubled(model, contrast_or_processor, **generate_kwargs)"),
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DEPRECATED:
+        new, usage = _DEPRECATED[name]
+        warnings.warn(f"ctd_hf.{name} is deprecated and will be removed in the next release; use {usage}.",
+                      DeprecationWarning, stacklevel=2)
+        return __getattr__(new)
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ctd_hf' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

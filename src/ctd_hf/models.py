@@ -98,6 +98,11 @@ def load_model_and_tokenizer(
     return model, tokenizer
 
 
+def model_id(model: PreTrainedModel) -> str:
+    """Short name of a model (last part of ``name_or_path``); empty for a model built from a config."""
+    return Path(str(getattr(model, "name_or_path", "") or "")).name
+
+
 def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     """Give a tokenizer without a pad token its EOS token as pad token (labels and masks never rely on pad ids)."""
     if tokenizer.pad_token is None:

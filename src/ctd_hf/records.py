@@ -1,31 +1,16 @@
-"""Append-only JSONL files that survive being killed: each batch is flushed and fsynced, and a reader drops (and
-truncates away) a torn last line, so a restarted job redoes at most the batch it was writing. Jobs sharded over
-processes (``accelerate launch``, ``torchrun``) write one file per process."""
+"""Files that survive being killed, for resumable jobs (evaluation, synthesis, sweeps).
+
+Append-only JSONL: each batch is flushed and fsynced, and a reader drops (and truncates away) a torn last line, so a
+restarted job redoes at most the batch it was writing. Jobs sharded over processes write one file per process.
+Whole files (settings, reports) are written to a temporary name and renamed into place.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-
-import torch
-from accelerate import PartialState
-
-
-def process_state() -> PartialState:
-    """This process's place in a data-parallel launch (a single process when not launched).
-
-    Without an accelerator, accelerate joins a multi-process launch only when asked for CPU processes, and would
-    otherwise take a ``torchrun`` job for independent single processes that all write the same shard.
-    """
-    accelerator = getattr(torch, "accelerator", None)
-    has_accelerator = accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
-    state = PartialState(cpu=not has_accelerator)
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched > 1 and state.num_processes != launched:
-        raise RuntimeError(f"Launched as {launched} processes, but accelerate's PartialState sees "
-                           f"{state.num_processes}: its ranks would write the same shard.")
-    return state
+from typing import Any
 
 
 def read_records(path: str | Path, repair: bool = False) -> list[dict]:
@@ -53,3 +38,14 @@ def append_records(path: str | Path, records: list[dict]) -> None:
         handle.write("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def write_json(path: str | Path, value: Any) -> None:
+    """Write ``value`` as indented JSON, atomically: a reader sees the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)

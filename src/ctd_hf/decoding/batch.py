@@ -1,0 +1,85 @@
+"""Decoding a batch of chat messages with a :class:`~ctd_hf.DecodingMethod`: prompt formatting, left padding, the
+method's contrast on its executor, and the decoded answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
+
+from ..prompts import encode_prompt, format_prompt
+from .doubled import generate_doubled
+from .layout import pad_left
+from .methods import DecodingMethod
+from .recording import OriginalPredictions
+from .stream import ContrastProcessor
+
+
+def encode_messages(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict], prompt_format: str = "chatml"
+) -> BatchEncoding:
+    """Single-turn prompts (user messages) rendered in ``prompt_format`` and left-padded into tensors."""
+    return pad_left(tokenizer, [encode_prompt(format_prompt([m], prompt_format, tokenizer), tokenizer, prompt_format)
+                                for m in messages])
+
+
+@torch.no_grad()
+def generate_for_messages(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict],
+    method: DecodingMethod,
+    prompt_format: str = "chatml",
+    record: OriginalPredictions | None = None,
+    **generate_kwargs: Any,
+) -> tuple[Any, int]:
+    """Run ``generate()`` with ``method`` on a batch of single-turn prompts (user messages).
+
+    Returns ``generate()``'s output and the (padded) prompt length, where the generated tokens start. ``record``
+    collects the original model's per-step predictions (contrastive methods only).
+    """
+    inputs = encode_messages(tokenizer, messages, prompt_format).to(model.device)
+    contrast = method.contrast(model, tokenizer, messages, prompt_format)
+    options = {"pad_token_id": tokenizer.pad_token_id, **inputs, **generate_kwargs}
+    if contrast is None:
+        output = model.generate(**options)
+    elif method.doubled:
+        output = generate_doubled(model, contrast, record=record, **options)
+    else:
+        with ContrastProcessor(contrast, record) as processor:
+            output = model.generate(logits_processor=[processor], **options)
+    return output, inputs["input_ids"].shape[1]
+
+
+def generate_answers(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict],
+    method: DecodingMethod | None = None,
+    prompt_format: str = "chatml",
+    **generate_kwargs: Any,
+) -> list[str]:
+    """Answer a batch of single-turn prompts (user messages) with ``method`` (plain decoding by default)."""
+    output, prompt_length = generate_for_messages(model, tokenizer, messages, method or DecodingMethod("od"),
+                                                  prompt_format, **generate_kwargs)
+    sequences = output if isinstance(output, torch.Tensor) else output.sequences
+    return [answer.strip() for answer in tokenizer.batch_decode(sequences[:, prompt_length:], skip_special_tokens=True)]
+
+
+def check_prompt_lengths(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict],
+    prompt_format: str,
+    max_new_tokens: int,
+    extra: int = 0,
+) -> None:
+    """Refuse prompts that cannot fit the model's positions together with the answer (and ``extra``: a prefix)."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    for message in messages:
+        needed = len(encode_prompt(format_prompt([message], prompt_format, tokenizer), tokenizer, prompt_format))
+        needed += max_new_tokens + extra
+        if limit and needed > limit:
+            raise ValueError(f"The prompt {message['content'][:40]!r}... needs {needed} positions, more than the "
+                             f"model's {limit}: shorten it or lower --max-new-tokens.")

@@ -1,0 +1,60 @@
+"""Where tokens sit in a left-padded batch: checks, position ids, the soft prefix's place and left padding."""
+
+from __future__ import annotations
+
+import torch
+from transformers import BatchEncoding, PreTrainedTokenizerBase
+
+
+def check_left_padded(attention_mask: torch.Tensor) -> None:
+    """Refuse masks that are not left-padded (zeros, then ones) or rows without any token."""
+    if attention_mask.ndim != 2:
+        raise ValueError(
+            f"Contrastive decoding needs the 2D attention mask, got {attention_mask.ndim}D. It supports decoder-only "
+            "models with the default dynamic cache (a static or compiled cache turns the mask 4D)."
+        )
+    if (attention_mask.sum(dim=1) == 0).any():
+        raise ValueError("A prompt in the batch is empty (its attention mask has no ones); remove it.")
+    if (attention_mask[:, 1:] < attention_mask[:, :-1]).any():
+        raise ValueError(
+            "The batch is right-padded, but generation continues each row at its end: pad on the left "
+            "(tokenizer(..., padding_side='left')) so that every row ends with its last prompt token."
+        )
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of left-padded rows, counted over real tokens only, as ``generate()`` computes them."""
+    return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+
+
+def insert_prefix(
+    inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, prefix: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Put the prefix right before each left-padded row's first real token: ``[pads][prefix][tokens]``.
+
+    With :func:`positions_from_mask` the prefix takes positions ``0..P-1`` and the tokens ``P..``, exactly as in a
+    forward over ``[prefix][tokens]`` without padding, which is what the trainer computes on right-padded rows.
+    """
+    check_left_padded(attention_mask)
+    batch, length, hidden = inputs_embeds.shape
+    num_virtual = prefix.shape[0]
+    pads = (length - attention_mask.sum(dim=1)).unsqueeze(1)
+    index = torch.arange(num_virtual + length, device=inputs_embeds.device).unsqueeze(0)
+    source = torch.where(index < pads, index, index - num_virtual).clamp(0, length - 1)
+    embeds = inputs_embeds.gather(1, source.unsqueeze(-1).expand(batch, -1, hidden))
+    in_prefix = (index >= pads) & (index < pads + num_virtual)
+    prefix_rows = prefix[(index - pads).clamp(0, num_virtual - 1)]
+    embeds = torch.where(in_prefix.unsqueeze(-1), prefix_rows.to(embeds.dtype), embeds)
+    # A left-padded mask is zeros then ones: P more ones keep that shape and line up with the layout above.
+    mask = torch.cat([attention_mask, attention_mask.new_ones(batch, num_virtual)], dim=1)
+    return embeds, mask
+
+
+def pad_left(tokenizer: PreTrainedTokenizerBase, encoded: list[list[int]]) -> BatchEncoding:
+    """Left-pad token id lists into ``input_ids``/``attention_mask`` tensors (the tokenizer is not changed)."""
+    if tokenizer.pad_token_id is None:
+        raise ValueError(
+            f"The tokenizer {tokenizer.name_or_path!r} has no pad token, so prompts of different lengths cannot be "
+            "batched. Fix: tokenizer.pad_token = tokenizer.eos_token (ctd_hf.load_model_and_tokenizer does this)."
+        )
+    return tokenizer.pad({"input_ids": encoded}, padding_side="left", return_tensors="pt")

@@ -1,0 +1,194 @@
+"""The evaluation runner: every method on every task, predictions written as they are produced.
+
+Predictions go to ``<output_dir>/predictions/<task>/<method>.<rank>.jsonl`` batch by batch, so a killed run restarted
+with the same settings answers only what is missing; under ``accelerate launch`` rank ``r`` answers the items whose
+index is ``r`` modulo the number of processes. Scoring and reports (:mod:`ctd_hf.evaluation.report`) read the files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..decoding.batch import generate_for_messages
+from ..decoding.methods import DecodingMethod
+from ..decoding.recording import OriginalPredictions
+from ..distributed import process_state
+from ..prompts import encode_prompt, format_prompt
+from ..records import append_records, read_records, write_json
+from .report import build_report
+from .tasks import Task, get_task
+
+
+@dataclass(kw_only=True)
+class EvalSettings:
+    """What to evaluate and how; the defaults follow the CTD and ID papers' protocol (greedy, the tasks' new-token
+    budgets, e.g. 128 for SuperNI, 1024 source tokens)."""
+
+    benchmarks: tuple[str, ...] = field(default=("superni",), metadata={"help": "Registered task names."})
+    options: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "Per task, its options (a dict of fields or the task's options dataclass); defaults when missing."})
+    prompt_format: str = field(default="chatml", metadata={"help": "How prompts are rendered (see PROMPT_FORMATS)."})
+    batch_size: int = field(default=8, metadata={"help": "Prompts per generate() call."})
+    max_new_tokens: dict[str, int] = field(default_factory=dict, metadata={
+        "help": "Per task, a new-token budget replacing the task's own."})
+    max_source_tokens: int = field(default=1024, metadata={"help": "Instruction + input tokens (tasks that cut)."})
+    token_changes: bool = field(default=True, metadata={"help": "Record the original model's per-step predictions."})
+
+    def task_options(self, task: Task) -> Any:
+        """``task``'s options as its options dataclass."""
+        return task.make_options(self.options.get(task.name))
+
+    def new_tokens(self, task: Task) -> int:
+        """The new-token budget of ``task`` (1 for choice scoring, which reads the first step)."""
+        return 1 if task.scoring == "choice" else self.max_new_tokens.get(task.name, task.max_new_tokens)
+
+
+def truncate_message(message: dict, tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> dict:
+    """Cut the task input so that instruction and input together hold at most ``max_tokens`` tokens."""
+    head = len(tokenizer(message["content"] + "\n\n", add_special_tokens=False)["input_ids"])
+    ids = tokenizer(message["input"], add_special_tokens=False)["input_ids"]
+    if head + len(ids) <= max_tokens:
+        return message
+    return {**message, "input": tokenizer.decode(ids[: max(max_tokens - head, 0)])}
+
+
+def _choice_ids(tokenizer: PreTrainedTokenizerBase, choices: tuple[str, ...]) -> list[list[int]]:
+    """For each choice, the first token of ``"A"`` and of ``" A"`` (whichever the model would write)."""
+    return [sorted({tokenizer(text, add_special_tokens=False)["input_ids"][0] for text in (choice, " " + choice)})
+            for choice in choices]
+
+
+def predict(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    name: str,
+    method: DecodingMethod,
+    task: Task,
+    items: list[dict],
+    settings: EvalSettings,
+    output_dir: str | Path,
+) -> Path:
+    """Write this process's share of ``method``'s predictions on ``task``, resuming what is already written."""
+    state = process_state()
+    folder = Path(output_dir) / "predictions" / task.name
+    path = folder / f"{name}.{state.process_index}.jsonl"
+    read_records(path, repair=True)
+    done = {record["id"] for shard in folder.glob(f"{name}.*.jsonl") for record in read_records(shard)}
+    mine = [item for index, item in enumerate(items) if index % state.num_processes == state.process_index]
+    todo = [item for item in mine if item["id"] not in done]
+    if task.truncate_input:
+        todo = [{**item, "message": truncate_message(item["message"], tokenizer, settings.max_source_tokens)}
+                for item in todo]
+    # Longest prompts first: similar lengths share a batch (less padding) and memory peaks early.
+    lengths = {item["id"]: len(encode_prompt(format_prompt([item["message"]], settings.prompt_format, tokenizer),
+                                             tokenizer, settings.prompt_format)) for item in todo}
+    todo.sort(key=lambda item: (-lengths[item["id"]], item["id"]))
+    eos = model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos])
+    record_original = settings.token_changes and method.name != "od" and task.scoring == "generation"
+    for start in tqdm(range(0, len(todo), settings.batch_size), desc=f"{task.name}/{name}", unit="batch",
+                      disable=not state.is_local_main_process):
+        batch = todo[start : start + settings.batch_size]
+        messages = [item["message"] for item in batch]
+        if task.scoring == "choice":
+            output, _ = generate_for_messages(model, tokenizer, messages, method, settings.prompt_format,
+                                              max_new_tokens=1, do_sample=False, output_scores=True,
+                                              return_dict_in_generate=True)
+            scores = output.scores[0].float()
+            best = torch.stack([scores[:, ids].max(dim=-1).values for ids in _choice_ids(tokenizer, task.choices)],
+                               dim=-1).argmax(dim=-1)
+            records = [{"id": item["id"], "prediction": task.choices[int(choice)]} for item, choice in zip(batch, best)]
+        else:
+            record = OriginalPredictions() if record_original else None
+            output, prompt_length = generate_for_messages(
+                model, tokenizer, messages, method, settings.prompt_format, record=record,
+                max_new_tokens=settings.new_tokens(task), do_sample=False)
+            chosen = output[:, prompt_length:]
+            answers = tokenizer.batch_decode(chosen, skip_special_tokens=True)
+            records = [{"id": item["id"], "prediction": answer.strip()} for item, answer in zip(batch, answers)]
+            if record is not None:
+                for prediction, changes in zip(records, record.rows(chosen, eos_ids)):
+                    prediction.update(changes)
+        append_records(path, records)
+    return path
+
+
+def collect_predictions(output_dir: str | Path, task: str, name: str) -> dict[str, dict]:
+    """All processes' predictions of one method on one task, by item id."""
+    folder = Path(output_dir) / "predictions" / task
+    return {record["id"]: record for path in sorted(folder.glob(f"{name}.*.jsonl")) for record in read_records(path)}
+
+
+def run_settings(methods: dict[str, DecodingMethod], settings: EvalSettings, seed: int) -> dict[str, Any]:
+    """Everything that decides the answers, as JSON-ready values (the resume key and the report's settings)."""
+    tasks = [get_task(name) for name in settings.benchmarks]
+    common = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if f.name != "options"}
+    options = {task.name: dataclasses.asdict(settings.task_options(task)) for task in tasks}
+    values = {"seed": seed, "methods": {n: m.settings() for n, m in methods.items()},
+              "eval": {**common, "options": options}}
+    return json.loads(json.dumps(values, default=str))
+
+
+def run_evaluation(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    methods: dict[str, DecodingMethod],
+    settings: EvalSettings,
+    output_dir: str | Path,
+    model_name: str,
+    seed: int = 0,
+) -> dict | None:
+    """Run every method on every task (resuming written predictions), then score and report.
+
+    Under ``accelerate launch`` every process predicts its share and the main process writes the report and
+    returns it (the others return None).
+    """
+    state = process_state()
+    tasks = [get_task(name) for name in settings.benchmarks]
+    current = run_settings(methods, settings, seed)
+    _check_resumable(Path(output_dir), current, tasks, state.is_main_process)
+    items = {task.name: task.load(settings.task_options(task)) for task in tasks}
+    for task in tasks:
+        for name, method in methods.items():
+            predict(model, tokenizer, name, method, task, items[task.name], settings, output_dir)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
+    results = {t.name: (items[t.name], {n: collect_predictions(output_dir, t.name, n) for n in methods}) for t in tasks}
+    return build_report(output_dir, results, current, model_name)
+
+
+def _resume_key(values: dict, tasks: list[Task]) -> dict:
+    """``run_settings`` without what only selects items (the tasks run, their limits): a resumed run may change it."""
+    selecting = {t.name: {f.name for f in dataclasses.fields(t.options) if f.metadata.get("selects")} for t in tasks}
+    options = {name: {k: v for k, v in fields.items() if k not in selecting.get(name, ())}
+               for name, fields in values["eval"]["options"].items()}
+    return {**{k: v for k, v in values["eval"].items() if k not in ("benchmarks", "options")}, "options": options}
+
+
+def _check_resumable(output_dir: Path, current: dict, tasks: list[Task], is_main_process: bool) -> None:
+    """Refuse to add predictions to a folder written with other settings (a method's settings, the prompt format, the
+    token limits...): a resumed run must not mix them. More methods or tasks than before are fine."""
+    path = output_dir / "eval_settings.json"
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        shared = set(previous["methods"]) & set(current["methods"])
+        changed = [f"method {n}" for n in sorted(shared) if previous["methods"][n] != current["methods"][n]]
+        old, new = _resume_key(previous, tasks), _resume_key(current, tasks)
+        changed += [key for key, value in new.items() if key != "options" and old.get(key) != value]
+        changed += [f"{name} options" for name, value in new["options"].items()
+                    if name in old.get("options", {}) and old["options"][name] != value]
+        if changed:
+            raise ValueError(f"{output_dir} holds predictions made with other settings ({', '.join(changed)}): use a "
+                             "new --output-dir, or delete the folder to start over.")
+    if is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_json(path, current)

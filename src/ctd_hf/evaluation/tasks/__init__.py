@@ -1,0 +1,133 @@
+"""Benchmarks as declared tasks: each module of this package declares one :class:`Task`, and adding a benchmark means
+adding one module here (or calling :func:`register_task` with your own).
+
+A task says where its items come from (``load`` with the task's own options), how they are answered (generated text
+with a new-token budget, or the best of a few choices from the first step's scores), whether the task input is cut
+to the source budget, how predictions are scored and how the scores are reported.
+
+An item is ``{"id", "group", "message", "references", ...}``: ``message`` is what the model is asked (a user message
+for :func:`ctd_hf.format_prompt`, with the instruction in ``content`` and the task input in ``input`` so that
+Instructive Decoding can damage one and keep the other); ``group`` is the SuperNI task or the MMLU subject.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import importlib
+import json
+import pkgutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+SCORING = ("generation", "choice")
+# Where the evaluation data is found by default.
+SHARED_DATA = Path(__file__).resolve().parents[5] / "shared" / "data"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScoreContext:
+    """What a scorer may need beyond the predictions: where the report goes and which model answered."""
+
+    output_dir: Path
+    model_name: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Task:
+    """A benchmark, declared.
+
+    Attributes:
+        name: the name used on the command line and in reports.
+        options: a dataclass of the task's own settings (data paths, limits), each field with ``help`` metadata;
+            fields marked ``selects=True`` only choose which items run, so a resumed run may change them.
+        load: items from an instance of ``options``.
+        scoring: ``"generation"`` (answers of up to ``max_new_tokens`` tokens) or ``"choice"`` (the best of
+            ``choices`` by the processed scores of the first generated token).
+        max_new_tokens: the default new-token budget of generated answers.
+        truncate_input: cut each item's task input so that instruction and input fit the source budget.
+        choices: the answer strings of choice scoring.
+        score: ``(items, {method: predictions}, context) -> result`` with ``result["methods"][method]`` the scores.
+        markdown: the report section of a result, as Markdown lines.
+        plot: writes the task's PNG charts of a result into a folder (optional).
+    """
+
+    name: str
+    options: type
+    load: Callable[[Any], list[dict]]
+    score: Callable[[list[dict], dict[str, list[str]], ScoreContext], dict]
+    markdown: Callable[[dict], list[str]]
+    scoring: str = "generation"
+    max_new_tokens: int = 128
+    truncate_input: bool = False
+    choices: tuple[str, ...] = ()
+    plot: Callable[[dict, Path], None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.scoring not in SCORING:
+            raise ValueError(f"Task {self.name}: `scoring` is one of {SCORING}, got {self.scoring!r}.")
+        if self.scoring == "choice" and not self.choices:
+            raise ValueError(f"Task {self.name}: choice scoring needs `choices`.")
+        if not dataclasses.is_dataclass(self.options):
+            raise TypeError(f"Task {self.name}: `options` must be a dataclass type.")
+
+    def make_options(self, values: Any = None) -> Any:
+        """The task's options from ``None`` (defaults), a dict of fields or an instance."""
+        if values is None:
+            return self.options()
+        if isinstance(values, self.options):
+            return values
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(self.options)})
+        if unknown:
+            known = [f.name for f in dataclasses.fields(self.options)]
+            raise ValueError(f"Unknown {self.name} options {unknown}; its options are {known}.")
+        return self.options(**values)
+
+
+_REGISTRY: dict[str, Task] = {}
+
+
+def register_task(task: Task) -> Task:
+    """Add ``task`` to the registry (replacing a task of the same name) and return it."""
+    _REGISTRY[task.name] = task
+    return task
+
+
+def _load_builtin_tasks() -> None:
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+def task_names() -> list[str]:
+    """The registered tasks' names."""
+    _load_builtin_tasks()
+    return sorted(_REGISTRY)
+
+
+def get_task(name: str) -> Task:
+    """The registered task called ``name``."""
+    _load_builtin_tasks()
+    if name not in _REGISTRY:
+        raise ValueError(f"Unknown benchmark {name!r}; choose from {', '.join(sorted(_REGISTRY))}.")
+    return _REGISTRY[name]
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON or JSONL file, optionally gzipped (``.jsonl`` anywhere in the name means one record a line)."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        if ".jsonl" in path.name:
+            return [json.loads(line) for line in handle if line.strip()]
+        return json.load(handle)
+
+
+def metric_table(title: str, result: dict, keys: tuple[str, ...]) -> list[str]:
+    """A Markdown table with one row per method and one column per key of ``result["methods"][method]``."""
+    lines = [f"## {title} ({result['instances']} items)", "", "| Method | " + " | ".join(keys) + " |",
+             "|" + "---|" * (len(keys) + 1)]
+    for name, scores in result["methods"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{scores[k]:.2f}" if isinstance(scores[k], float) else str(scores[k])
+                                                 for k in keys) + " |")
+    return lines + [""]

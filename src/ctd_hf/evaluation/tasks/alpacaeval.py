@@ -1,0 +1,55 @@
+"""AlpacaEval-style open generation: answers written in the format the ``alpaca_eval`` tool reads (its judge needs
+an API and stays the user's step), with length statistics."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+
+from . import SHARED_DATA, ScoreContext, Task, metric_table, read_json, register_task
+
+
+@dataclass(kw_only=True)
+class AlpacaEvalOptions:
+    """Where the AlpacaEval instructions come from and how many run."""
+
+    path: str = field(default=str(SHARED_DATA / "alpaca_eval" / "alpaca_eval.json.gz"),
+                      metadata={"help": "AlpacaEval JSON (gzip allowed) of {instruction, dataset, ...}."})
+    limit: int | None = field(default=None, metadata={"help": "The first N instructions.", "selects": True})
+
+
+def load_alpacaeval(options: AlpacaEvalOptions) -> list[dict]:
+    """AlpacaEval instructions."""
+    records = read_json(options.path)[: options.limit]
+    return [{
+        "id": str(index),
+        "group": record.get("dataset", "alpacaeval"),
+        "message": {"role": "user", "content": record["instruction"], "input": ""},
+        "references": [],
+    } for index, record in enumerate(records)]
+
+
+def score_alpacaeval(items: list[dict], predictions: dict[str, list[str]], context: ScoreContext) -> dict:
+    """Write ``alpaca_eval_<method>.json`` per method; report answer lengths."""
+    result = {}
+    for name, answers in predictions.items():
+        outputs = [{"instruction": i["message"]["content"], "output": answer,
+                    "generator": f"{context.model_name}-{name}", "dataset": i["group"]}
+                   for i, answer in zip(items, answers)]
+        path = context.output_dir / f"alpaca_eval_{name}.json"
+        path.write_text(json.dumps(outputs, indent=2, ensure_ascii=False) + "\n")
+        words = [len(o["output"].split()) for o in outputs]
+        result[name] = {"file": path.name, "mean_words": statistics.mean(words),
+                        "median_words": statistics.median(words), "empty": sum(w == 0 for w in words)}
+    return {"methods": result, "instances": len(items)}
+
+
+TASK = register_task(Task(
+    name="alpacaeval",
+    options=AlpacaEvalOptions,
+    load=load_alpacaeval,
+    score=score_alpacaeval,
+    markdown=lambda result: metric_table("alpacaeval", result, ("mean_words", "median_words", "empty")),
+    max_new_tokens=512,
+))

@@ -1,0 +1,150 @@
+"""SuperNI (Super-NaturalInstructions): zero-shot instructions, Rouge-L and exact match, reported like the CTD paper's
+Table 1 (categories as columns) with per-task winning rates."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..plots import grouped_bars
+from ..scoring import load_metric
+from . import SHARED_DATA, ScoreContext, Task, register_task
+
+CATEGORY_ABBREVIATIONS = {
+    "Title Generation": "TG", "Coreference Resolution": "CR", "Textual Entailment": "TE", "Question Rewriting": "QR",
+    "Cause Effect Classification": "CEC", "Dialogue Act Recognition": "DAR", "Answerability Classification": "AC",
+    "Keyword Tagging": "KT", "Data to Text": "DT", "Word Analogy": "WA", "Overlap Extraction": "OE",
+    "Grammar Error Correction": "GEC",
+}
+
+
+@dataclass(kw_only=True)
+class SuperNIOptions:
+    """Where the SuperNI tasks come from and how many instances of each run."""
+
+    dir: str = field(default=str(SHARED_DATA / "supernatinst"),
+                     metadata={"help": "A natural-instructions layout: tasks/*.json and splits/."})
+    tasks: str = field(default="default/test_tasks.txt", metadata={"help": "Task list under splits/."})
+    categories: str | None = field(default=None, metadata={"help": "task -> category JSON under splits/ (optional)."})
+    max_instances: int = field(default=100, metadata={"help": "Instances per task (the first ones).", "selects": True,
+                                                      "aliases": ("--max-instances",)})
+
+
+def _with_period(text: str) -> str:
+    text = text.strip()
+    return text if text and text[-1] in string.punctuation else text + "."
+
+
+def superni_message(definition: str, task_input: str) -> dict:
+    """The zero-shot SuperNI prompt of the ID and CTD papers, as a user message.
+
+    Rendered, it is ``"Definition: {definition}\\n\\nNow complete the following example -\\nInput: {input}\\n
+    Output: "`` (a period appended to definition and input when they do not end in punctuation).
+    """
+    return {
+        "role": "user",
+        "label": "Definition: ",
+        "content": "Definition: " + _with_period(definition),
+        "input": f"Now complete the following example -\nInput: {_with_period(task_input)}\nOutput: ",
+    }
+
+
+def load_superni(options: SuperNIOptions) -> list[dict]:
+    """SuperNI items from a natural-instructions layout (``tasks/*.json``, ``splits/<tasks>``).
+
+    The first ``max_instances`` instances of each listed task; category = the task's first ``Categories`` entry, or
+    its entry in ``categories`` (a task -> category JSON under ``splits/``, e.g. for train tasks that stand in for
+    test categories).
+    """
+    root = Path(options.dir)
+    names = [line.strip() for line in (root / "splits" / options.tasks).read_text().splitlines() if line.strip()]
+    if not names:
+        raise ValueError(f"{root / 'splits' / options.tasks} lists no task.")
+    categories = json.loads((root / "splits" / options.categories).read_text()) if options.categories else {}
+    items = []
+    for name in names:
+        path = root / "tasks" / f"{name}.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"Task {name} is listed in {options.tasks} but {path} does not exist.")
+        task = json.loads(path.read_text())
+        definition = task["Definition"][0] if isinstance(task["Definition"], list) else task["Definition"]
+        for instance in task["Instances"][: options.max_instances]:
+            items.append({
+                "id": instance["id"],
+                "group": name,
+                "category": categories.get(name, task["Categories"][0]),
+                "message": superni_message(definition, instance["input"]),
+                "references": instance["output"],
+            })
+    return items
+
+
+def score_superni(items: list[dict], predictions: dict[str, list[str]], context: ScoreContext) -> dict:
+    """Rouge-L and exact match overall, per category and per task; winning rates over tasks."""
+    metric = load_metric("superni")
+    index = {item["id"]: position for position, item in enumerate(items)}
+
+    def score(subset: list[dict], name: str) -> dict:
+        return metric.compute(predictions=[predictions[name][index[i["id"]]] for i in subset],
+                              references=[i["references"] for i in subset])
+
+    by_category = {c: [i for i in items if i["category"] == c] for c in sorted({i["category"] for i in items})}
+    by_task = {t: [i for i in items if i["group"] == t] for t in sorted({i["group"] for i in items})}
+    result = {name: {"overall": score(items, name),
+                     "categories": {c: score(subset, name) for c, subset in by_category.items()},
+                     "tasks": {t: score(subset, name) for t, subset in by_task.items()}}
+              for name in predictions}
+    # Winning rate: share of tasks where method a's Rouge-L beats method b's.
+    wins = {f"{a} > {b}": sum(result[a]["tasks"][t]["rougeL"] > result[b]["tasks"][t]["rougeL"] for t in by_task)
+            / len(by_task) for a, b in itertools.permutations(predictions, 2)}
+    return {"methods": result, "winning_rate": wins, "tasks": len(by_task), "instances": len(items)}
+
+
+def _ordered(categories: dict) -> list[str]:
+    """Categories in the paper's Table 1 order, any others after them alphabetically."""
+    order = list(CATEGORY_ABBREVIATIONS)
+    return sorted(categories, key=lambda c: (order.index(c) if c in order else len(order), c))
+
+
+def superni_markdown(result: dict) -> list[str]:
+    """Rouge-L and exact match like the paper's Table 1 (methods as rows, Overall and categories as columns), then
+    the winning rates."""
+    methods = result["methods"]
+    categories = _ordered(next(iter(methods.values()))["categories"])
+    header = ["Method", "Overall"] + [CATEGORY_ABBREVIATIONS.get(c, c) for c in categories]
+    lines = []
+    for metric, title in (("rougeL", "Rouge-L"), ("exact_match", "Exact match")):
+        lines += [f"## SuperNI {title} ({result['tasks']} tasks, {result['instances']} instances)", "",
+                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for name, scores in methods.items():
+            row = [name, f"{scores['overall'][metric]:.2f}"] + [f"{scores['categories'][c][metric]:.2f}"
+                                                               for c in categories]
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    lines += ["Winning rate (share of tasks where the first method's Rouge-L is higher):", ""]
+    return lines + [f"- {pair}: {rate:.2%}" for pair, rate in result["winning_rate"].items()] + [""]
+
+
+def plot_superni(result: dict, folder: Path) -> None:
+    """``superni_categories.png``: Rouge-L per category (and overall), one bar per method."""
+    methods = result["methods"]
+    categories = _ordered(next(iter(methods.values()))["categories"])
+    labels = ["Overall"] + [CATEGORY_ABBREVIATIONS.get(c, c) for c in categories]
+    series = {name: [scores["overall"]["rougeL"]] + [scores["categories"][c]["rougeL"] for c in categories]
+              for name, scores in methods.items()}
+    grouped_bars(folder / "superni_categories.png", labels, series, "Rouge-L", "SuperNI Rouge-L by category")
+
+
+TASK = register_task(Task(
+    name="superni",
+    options=SuperNIOptions,
+    load=load_superni,
+    score=score_superni,
+    markdown=superni_markdown,
+    plot=plot_superni,
+    max_new_tokens=128,
+    truncate_input=True,
+))

@@ -1,1 +1,0 @@
-"""Offline ``evaluate`` metric scripts, one folder each; load them with :func:`ctd_hf.scoring.load_metric`."""

@@ -1,0 +1,227 @@
+"""CoDIT dataset synthesis: a decoding method (usually Contrastive Decoding between a post-trained instruct model,
+the expert, and its pre-trained base, the amateur) answers instructions, giving an instruction-tuning dataset.
+
+Answers go to per-rank JSONL shards in the output folder, one line per instruction, flushed and fsynced after every
+batch. A rerun keeps every complete line (cutting off a line torn by a kill) and answers only the instructions still
+missing, so a run killed at any point and restarted answers each instruction exactly once. Each instruction's key is
+its index in the source; rank ``r`` of ``w`` answers the keys ``k`` with ``k % w == r``. When all are answered, rank
+0 merges the shards in key order into ``data.jsonl`` and ``dataset/`` (``save_to_disk``), beside
+``synthesis_config.json``. With greedy decoding the result does not depend on batching, kills or the number of
+processes (batched left-padded greedy decoding equals per-row decoding in fp32); sampled answers do.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import datasets
+import transformers
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ._version import __version__
+from .decoding.batch import generate_answers
+from .decoding.methods import DecodingMethod
+from .distributed import process_state
+from .prompts import PROMPT_FORMATS
+from .records import append_records, read_records, write_json
+
+OUTPUT_FORMATS = ("alpaca", "messages")
+CONFIG_NAME = "synthesis_config.json"
+# Settings that decide the answers: a rerun into a folder written with other values is refused.
+_GENERATION_KEYS = ("expert", "amateur", "method", "generate_kwargs", "prompt_format", "seed", "also_plain")
+
+
+def load_instructions(
+    source: str | Path | datasets.Dataset | list[dict], limit: int | None = None
+) -> list[dict[str, Any]]:
+    """Instructions as ``{"key", "instruction", "input"[, "id"]}`` records, ``key`` being the index in ``source``.
+
+    ``source`` is a JSON list or JSONL file (optionally gzipped, like AlpacaEval's ``alpaca_eval.json.gz``), a
+    ``datasets.Dataset`` or a list of dicts, each with ``instruction`` and optional ``input`` and ``id``.
+    ``limit`` keeps the first ``limit`` instructions.
+    """
+    if isinstance(source, (str, Path)):
+        raw = Path(source).read_bytes()
+        text = (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode("utf-8").strip()
+        if text.startswith("["):
+            rows = json.loads(text)
+        else:
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    else:
+        rows = source
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"`limit` must be >= 1, got {limit}.")
+        rows = rows.select(range(min(limit, len(rows)))) if isinstance(rows, datasets.Dataset) else rows[:limit]
+    records = []
+    for key, row in enumerate(rows):
+        if not isinstance(row, dict) or not isinstance(row.get("instruction"), str) or not row["instruction"].strip():
+            raise ValueError(f"Instruction {key} of {source if isinstance(source, (str, Path)) else 'the data'} "
+                             f"needs a non-empty string `instruction`, got {str(row)[:200]}.")
+        record = {"key": key, "instruction": row["instruction"], "input": row.get("input") or ""}
+        if row.get("id") is not None:
+            record["id"] = row["id"]
+        records.append(record)
+    if not records:
+        raise ValueError(f"{source} holds no instruction.")
+    return records
+
+
+def synthesize(
+    expert: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    instructions: str | Path | datasets.Dataset | list[dict],
+    output_dir: str | Path,
+    method: DecodingMethod,
+    prompt_format: str = "chatml",
+    batch_size: int = 8,
+    generate_kwargs: dict[str, Any] | None = None,
+    also_plain: bool = False,
+    output_format: str = "alpaca",
+    limit: int | None = None,
+    seed: int = 0,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> datasets.Dataset | None:
+    """Answer ``instructions`` with ``method`` on ``expert`` and write the dataset to ``output_dir`` (resumable).
+
+    ``generate_kwargs`` go to ``generate()`` (default ``max_new_tokens=128``, greedy). ``also_plain`` also stores
+    the expert's plain answer (method ``od``, same kwargs without sampling) as ``output_plain``. ``output_format`` is
+    ``"alpaca"`` (``instruction``, ``input``, ``output``) or ``"messages"`` (a user and an assistant message).
+    ``rank``/``world_size`` default to accelerate's ``PartialState`` (``accelerate launch`` or ``torchrun``); separate
+    jobs may pass them instead, and a final ``world_size=1`` run then merges. Sampling is seeded with ``seed + rank``.
+
+    Returns the merged dataset on the process that merges (rank 0, once every instruction is answered), else None.
+    """
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"Unknown output format {output_format!r}; choose one of {OUTPUT_FORMATS}.")
+    if prompt_format not in PROMPT_FORMATS:
+        raise ValueError(f"Unknown prompt format {prompt_format!r}; choose one of {PROMPT_FORMATS}.")
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
+    state = process_state()
+    rank = state.process_index if rank is None else rank
+    world_size = state.num_processes if world_size is None else world_size
+    if not 0 <= rank < world_size:
+        raise ValueError(f"`rank` must be in [0, {world_size}), got {rank}.")
+    kwargs = {"max_new_tokens": 128, "do_sample": False, **(generate_kwargs or {})}
+    records = load_instructions(instructions, limit)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    config = {
+        "ctd_hf_version": __version__,
+        "expert": str(expert.name_or_path),
+        "amateur": str(method.amateur.name_or_path) if method.amateur is not None else None,
+        "method": method.settings(),
+        "generate_kwargs": kwargs,
+        "prompt_format": prompt_format,
+        "seed": seed,
+        "also_plain": also_plain,
+        "instructions": str(instructions) if isinstance(instructions, (str, Path)) else type(instructions).__name__,
+    }
+    config = json.loads(json.dumps(config, default=str))
+    _check_config(output_dir, config)
+    if rank == 0 and not (output_dir / CONFIG_NAME).is_file():
+        write_json(output_dir / CONFIG_NAME, {**config, "complete": False})
+
+    shard = output_dir / f"shard-{rank:05d}-of-{world_size:05d}.jsonl"
+    read_records(shard, repair=True)
+    done = _answered(output_dir, records)
+    todo = [r for r in records if r["key"] % world_size == rank and r["key"] not in done]
+    transformers.set_seed(seed + rank)
+    plain = DecodingMethod("od")
+    plain_kwargs = {k: v for k, v in kwargs.items() if k not in ("temperature", "top_k", "top_p")}
+    plain_kwargs["do_sample"] = False
+    plain_is_output = method.name == "od" and not kwargs["do_sample"]
+    batches = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
+    desc = "Synthesizing" + (f" (rank {rank}/{world_size})" if world_size > 1 else "")
+    for batch in tqdm(batches, desc=desc, unit="batch", file=sys.stderr, position=rank if world_size > 1 else None):
+        messages = [{"role": "user", "content": r["instruction"], "input": r["input"]} for r in batch]
+        answers = generate_answers(expert, tokenizer, messages, method, prompt_format, **kwargs)
+        rows = [{**r, "output": answer} for r, answer in zip(batch, answers)]
+        if also_plain:
+            plain_answers = answers if plain_is_output else generate_answers(
+                expert, tokenizer, messages, plain, prompt_format, **plain_kwargs)
+            rows = [{**row, "output_plain": answer} for row, answer in zip(rows, plain_answers)]
+        append_records(shard, rows)
+
+    if state.num_processes > 1:
+        state.wait_for_everyone()
+    if rank != 0:
+        return None
+    answered = _answered(output_dir, records)
+    missing = len(records) - len(answered)
+    if missing:
+        print(f"{missing} of {len(records)} instructions still lack an answer (other ranks' jobs?): not merged yet.",
+              file=sys.stderr)
+        return None
+    return _merge(output_dir, [answered[r["key"]] for r in records], config, output_format, also_plain)
+
+
+def _check_config(output_dir: Path, config: dict) -> None:
+    """Refuse to resume a folder whose answers were generated with other settings."""
+    path = output_dir / CONFIG_NAME
+    if not path.is_file():
+        return
+    old = json.loads(path.read_text())
+    changed = [key for key in _GENERATION_KEYS if old.get(key) != config[key]]
+    if changed:
+        details = "; ".join(f"{key}: {old.get(key)!r} -> {config[key]!r}" for key in changed)
+        raise ValueError(f"{output_dir} holds answers generated with other settings ({details}). Use a new "
+                         "--output-dir, or delete the folder to start over.")
+
+
+def _answered(output_dir: Path, records: list[dict]) -> dict[int, dict]:
+    """Answers already in any shard of ``output_dir``, by key, checked against the instructions they answer."""
+    by_key = {r["key"]: r for r in records}
+    answered: dict[int, dict] = {}
+    for path in sorted(output_dir.glob("shard-*.jsonl")):
+        for row in read_records(path):
+            source = by_key.get(row["key"])
+            if source is None or row["key"] in answered:
+                continue  # beyond --limit this time, or a duplicate (kept once)
+            if row.get("instruction") != source["instruction"] or (row.get("input") or "") != source["input"]:
+                raise ValueError(f"{path} answers instruction {row['key']} as {row.get('instruction')!r}, but the "
+                                 f"instructions now have {source['instruction']!r} there: use a new output folder.")
+            answered[row["key"]] = row
+    return answered
+
+
+def _merge(output_dir: Path, rows: list[dict], config: dict, output_format: str, also_plain: bool) -> datasets.Dataset:
+    """Write ``data.jsonl``, ``dataset/`` and the final ``synthesis_config.json`` from the answers in key order."""
+    with_ids = any("id" in row for row in rows)
+    merged = []
+    for row in rows:
+        if output_format == "alpaca":
+            record = {"instruction": row["instruction"], "input": row["input"], "output": row["output"]}
+        else:
+            content = f"{row['instruction']}\n\n{row['input']}" if row["input"] else row["instruction"]
+            record = {"messages": [{"role": "user", "content": content},
+                                   {"role": "assistant", "content": row["output"]}]}
+        if also_plain:
+            record["output_plain"] = row["output_plain"]
+        if with_ids:
+            record["id"] = row.get("id")
+        merged.append(record)
+    tmp = output_dir / "data.jsonl.tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in merged)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, output_dir / "data.jsonl")
+    dataset = datasets.Dataset.from_list(merged)
+    staging, final = output_dir / "dataset.tmp", output_dir / "dataset"
+    shutil.rmtree(staging, ignore_errors=True)
+    dataset.save_to_disk(str(staging))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(staging, final)
+    write_json(output_dir / CONFIG_NAME, {**config, "output_format": output_format,
+                                           "num_instructions": len(merged), "complete": True})
+    return dataset

@@ -1,0 +1,106 @@
+"""The package's shape: every module imports, no import cycle anywhere in src/, arrows run one way, and the bare
+``import ctd_hf`` loads none of the heavy libraries."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+PACKAGE = ROOT / "src" / "ctd_hf"
+# Lower layers never import higher ones: contrast -> decoding/training -> evaluation -> cli. decoding reads prefixes
+# through training.prefix (the one adapter format), so training sits below decoding.
+LAYERS = {"_version": 0, "contrast": 0, "prompts": 0, "models": 0, "records": 0, "distributed": 0,
+          "training": 1, "decoding": 2, "evaluation": 3, "synthesis": 3, "cli": 4}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))
+           if "metrics" not in path.parts}  # the metric scripts are loaded by path by `evaluate`, not imported
+
+
+def imports_of(name: str, path: Path) -> set[str]:
+    """The ctd_hf modules ``name`` imports anywhere in its file (module level or inside functions)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                target = f"{base}.{node.module}" if node.module else base
+            else:
+                target = node.module or ""
+            candidates = [target] + [f"{target}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            candidates = [alias.name for alias in node.names]
+        else:
+            continue
+        found |= {c for c in candidates if c in MODULES and c != name}
+    return found
+
+
+GRAPH = {name: imports_of(name, path) for name, path in MODULES.items()}
+
+
+def layer(name: str) -> int | None:
+    parts = name.split(".")
+    return LAYERS.get(parts[1]) if len(parts) > 1 else None
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_every_module_imports(name):
+    importlib.import_module(name)
+
+
+def test_no_import_cycle():
+    cycles, state, stack = [], {}, []
+
+    def visit(node: str) -> None:
+        state[node] = "open"
+        stack.append(node)
+        for target in sorted(GRAPH[node]):
+            if state.get(target) == "open":
+                cycles.append(stack[stack.index(target):] + [target])
+            elif target not in state:
+                visit(target)
+        stack.pop()
+        state[node] = "done"
+
+    for name in sorted(GRAPH):
+        if name not in state:
+            visit(name)
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(cycle) for cycle in cycles)
+
+
+def test_arrows_run_one_way():
+    upward = [f"{source} -> {target}" for source, targets in GRAPH.items() for target in targets
+              if layer(source) is not None and layer(target) is not None and layer(target) > layer(source)]
+    assert not upward, "imports against the layering: " + ", ".join(sorted(upward))
+
+
+def test_bare_import_loads_no_heavy_library():
+    code = ("import sys, ctd_hf; heavy = [m for m in ('torch', 'transformers', 'peft', 'datasets', 'evaluate', "
+            "'accelerate') if m in sys.modules]; print(','.join(heavy)); print(ctd_hf.__version__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "" and out[1] == importlib.import_module("ctd_hf._version").__version__
+
+
+def test_public_names_resolve():
+    import ctd_hf
+
+    for name in ctd_hf.__all__:
+        assert getattr(ctd_hf, name) is not None, name
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        ctd_hf.nope  # noqa: B018
+    with pytest.warns(DeprecationWarning, match="generate_doubled"):
+        assert ctd_hf.generate is ctd_hf.generate_doubled
