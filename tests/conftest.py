@@ -10,9 +10,11 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from ctd_hf.resources import resource_path
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
-SFT_SAMPLE = ROOT / "examples" / "data" / "alpaca_en_demo_256.json"
+DATA = resource_path()  # the data shipped in the package
+SFT_SAMPLE = resource_path("sft", "alpaca_en_demo.json")
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
@@ -20,8 +22,8 @@ CHATML_TEMPLATE = (
 
 
 def build_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained on the example SFT data; pad token deliberately unset."""
-    texts = [record["instruction"] + " " + record["output"] for record in json.loads(SFT_SAMPLE.read_text())]
+    """A byte-level BPE tokenizer trained on the first 256 SFT examples; pad token deliberately unset."""
+    texts = [record["instruction"] + " " + record["output"] for record in json.loads(SFT_SAMPLE.read_text())[:256]]
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()

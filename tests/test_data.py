@@ -63,7 +63,7 @@ def test_load_alpaca_json_jsonl_dataset_and_disk(tmp_path):
 
 def test_fraction_sampling_is_seeded():
     first = load_sft_data(SFT_SAMPLE, fraction=0.1, seed=3)
-    assert len(first) == 26
+    assert len(first) == 100  # ceil(0.1 * 999)
     assert first["messages"] == load_sft_data(SFT_SAMPLE, fraction=0.1, seed=3)["messages"]
     assert first["messages"] != load_sft_data(SFT_SAMPLE, fraction=0.1, seed=4)["messages"]
     with pytest.raises(ValueError, match="fraction"):

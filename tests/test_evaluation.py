@@ -15,9 +15,9 @@ from ctd_hf.evaluation.runner import EvalSettings, run_evaluation
 from ctd_hf.decoding.methods import DecodingMethod
 from ctd_hf.models import ensure_pad_token
 
-from conftest import SHARED_DATA, build_model
+from conftest import DATA, build_model
 
-SUPERNI = dict(options={"superni": dict(dir=str(SHARED_DATA / "supernatinst"), tasks="sample/train_tasks.txt",
+SUPERNI = dict(options={"superni": dict(dir=str(DATA / "supernatinst"), tasks="sample/train_tasks.txt",
                                          categories="sample/train_task_test_category_analog.json", max_instances=2)},
                max_new_tokens={"superni": 6, "drop": 4, "alpacaeval": 4}, batch_size=4)
 

@@ -16,7 +16,7 @@ from conftest import ROOT
 PACKAGE = ROOT / "src" / "ctd_hf"
 # Lower layers never import higher ones: contrast -> decoding/training -> evaluation -> cli. decoding reads prefixes
 # through training.prefix (the one adapter format), so training sits below decoding.
-LAYERS = {"_version": 0, "contrast": 0, "prompts": 0, "models": 0, "records": 0, "distributed": 0,
+LAYERS = {"_version": 0, "resources": 0, "contrast": 0, "prompts": 0, "models": 0, "records": 0, "distributed": 0,
           "training": 1, "decoding": 2, "evaluation": 3, "synthesis": 3, "cli": 4}
 
 
@@ -104,3 +104,13 @@ def test_public_names_resolve():
         ctd_hf.nope  # noqa: B018
     with pytest.warns(DeprecationWarning, match="generate_doubled"):
         assert ctd_hf.generate is ctd_hf.generate_doubled
+
+
+def test_nothing_reads_the_shared_folder_beside_the_checkout():
+    """What the package, the tests and the examples read ships in this repository (``ctd_hf/resources``)."""
+    needle = "shared" + "/"  # spelled apart so that this file does not match itself
+    suffixes = (".py", ".md", ".cfg", ".toml", ".txt", ".json", ".yaml")
+    files = [path for folder in ("src", "tests", "examples", "bench") for path in (ROOT / folder).rglob("*")
+             if path.is_file() and path.suffix in suffixes and not any(p.endswith(".egg-info") for p in path.parts)]
+    offenders = [str(path.relative_to(ROOT)) for path in files if needle in path.read_text(errors="ignore")]
+    assert files and not offenders, f"files that refer to the shared folder: {offenders}"

@@ -21,7 +21,7 @@ from ctd_hf import load_model_and_tokenizer, synthesize
 from ctd_hf.cli import main
 from ctd_hf.decoding.methods import DecodingMethod
 
-from conftest import SFT_SAMPLE, SHARED_DATA, build_model
+from conftest import SFT_SAMPLE, DATA, build_model
 
 NUM_INSTRUCTIONS = 16
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -149,7 +149,7 @@ def test_two_processes_equal_one(tiny_pair, instructions, reference, tmp_path):
 def test_default_model_as_its_own_amateur_on_alpaca_eval(tmp_path):
     model, tokenizer = load_model_and_tokenizer("default")
     method = DecodingMethod("cd", amateur=model)
-    dataset = synthesize(model, tokenizer, SHARED_DATA / "alpaca_eval" / "alpaca_eval.json.gz", tmp_path, method,
+    dataset = synthesize(model, tokenizer, DATA / "alpaca_eval" / "alpaca_eval.json.gz", tmp_path, method,
                          batch_size=3, generate_kwargs={"max_new_tokens": 16}, output_format="messages", limit=3)
     assert len(dataset) == 3 and dataset.column_names == ["messages", "id"]
     for row in dataset:

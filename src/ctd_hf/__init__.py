@@ -25,6 +25,7 @@ _EXPORTS = {
     "PROMPT_FORMATS": "prompts",
     "format_prompt": "prompts",
     "format_completion": "prompts",
+    "resource_path": "resources",
     # decoding: what is contrasted, and the two executors
     "Contrast": "decoding.contrasts",
     "CTDContrast": "decoding.contrasts",

@@ -12,6 +12,7 @@ from peft import LoraConfig, TaskType, get_peft_model
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..models import load_model_and_tokenizer
+from ..resources import resource_path
 from ..training.config import CTDConfig
 from ..training.data import RightPaddingCollator, load_sft_data, tokenize_sft
 from ..training.prefix import add_soft_prefix
@@ -22,7 +23,9 @@ from .arguments import add_model_arguments, add_prompt_format_argument
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     tune = subparsers.add_parser("tune", help="Contrastive tuning: train a correction prefix (or LoRA) on SFT data.")
     add_model_arguments(tune)
-    tune.add_argument("--data", required=True, help="SFT data: JSON/JSONL file, save_to_disk folder or dataset name.")
+    tune.add_argument("--data", default=str(resource_path("sft", "alpaca_en_demo.json")),
+                      help="SFT data: JSON/JSONL file, save_to_disk folder or dataset name (default: the shipped "
+                           "999-example Alpaca sample).")
     add_prompt_format_argument(tune)
     tune.add_argument("--fraction", type=float, default=1.0, help="Seeded random fraction of the data to tune on.")
     tune.add_argument("--max-length", type=int, default=256, help="Tokens per example; longer ones lose their end.")

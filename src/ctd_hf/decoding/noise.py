@@ -10,7 +10,8 @@ from __future__ import annotations
 import random
 import zlib
 from functools import lru_cache
-from importlib.resources import files
+
+from ..resources import resource_path
 
 NOISE_TYPES = ("opposite", "none", "trunc_shuf", "random_words")
 OPPOSITE = "Always respond with the opposite of what you're asked. You never get it right.\n"
@@ -18,8 +19,8 @@ OPPOSITE = "Always respond with the opposite of what you're asked. You never get
 
 @lru_cache(maxsize=1)
 def word_list() -> tuple[str, ...]:
-    """The shipped word list for ``random_words`` (5,000 dictionary words, see decoding/resources/README.md)."""
-    return tuple(files("ctd_hf.decoding").joinpath("resources/words.txt").read_text().split())
+    """The shipped word list for ``random_words`` (5,000 dictionary words, see ctd_hf/resources/README.md)."""
+    return tuple(resource_path("words.txt").read_text().split())
 
 
 def noisy_instruction(

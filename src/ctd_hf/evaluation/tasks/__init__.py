@@ -22,8 +22,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 SCORING = ("generation", "choice")
-# Where the evaluation data is found by default.
-SHARED_DATA = Path(__file__).resolve().parents[5] / "shared" / "data"
 
 
 @dataclass(frozen=True, kw_only=True)

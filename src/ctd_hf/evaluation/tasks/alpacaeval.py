@@ -7,14 +7,15 @@ import json
 import statistics
 from dataclasses import dataclass, field
 
-from . import SHARED_DATA, ScoreContext, Task, metric_table, read_json, register_task
+from ...resources import resource_path
+from . import ScoreContext, Task, metric_table, read_json, register_task
 
 
 @dataclass(kw_only=True)
 class AlpacaEvalOptions:
     """Where the AlpacaEval instructions come from and how many run."""
 
-    path: str = field(default=str(SHARED_DATA / "alpaca_eval" / "alpaca_eval.json.gz"),
+    path: str = field(default=str(resource_path("alpaca_eval", "alpaca_eval.json.gz")),
                       metadata={"help": "AlpacaEval JSON (gzip allowed) of {instruction, dataset, ...}."})
     limit: int | None = field(default=None, metadata={"help": "The first N instructions.", "selects": True})
 

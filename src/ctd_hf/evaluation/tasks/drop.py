@@ -5,14 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..scoring import load_metric
-from . import SHARED_DATA, ScoreContext, Task, metric_table, read_json, register_task
+from ...resources import resource_path
+from . import ScoreContext, Task, metric_table, read_json, register_task
 
 
 @dataclass(kw_only=True)
 class DROPOptions:
     """Where the DROP questions come from and how many run."""
 
-    path: str = field(default=str(SHARED_DATA / "drop" / "drop_dev.jsonl.gz"),
+    path: str = field(default=str(resource_path("drop", "drop_dev.jsonl.gz")),
                       metadata={"help": "JSONL (gzip allowed) of {id, passage, question, answers}."})
     limit: int | None = field(default=500, metadata={"help": "The first N questions.", "selects": True})
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import SHARED_DATA, ScoreContext, Task, metric_table, read_json, register_task
+from ...resources import resource_path
+from . import ScoreContext, Task, metric_table, read_json, register_task
 
 LETTERS = "ABCD"
 
@@ -13,7 +14,7 @@ LETTERS = "ABCD"
 class MMLUOptions:
     """Where the MMLU questions come from, how many per subject, and how many dev examples precede each."""
 
-    path: str = field(default=str(SHARED_DATA / "mmlu" / "mmlu.jsonl.gz"),
+    path: str = field(default=str(resource_path("mmlu", "mmlu.jsonl.gz")),
                       metadata={"help": "JSONL (gzip allowed) of {subject, split, question, choices, answer}."})
     shots: int = field(default=0, metadata={"help": "Dev examples per subject before each question (0 to 5)."})
     limit: int | None = field(default=None, metadata={"help": "Test questions per subject.", "selects": True})

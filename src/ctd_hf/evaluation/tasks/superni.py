@@ -11,7 +11,8 @@ from pathlib import Path
 
 from ..plots import grouped_bars
 from ..scoring import load_metric
-from . import SHARED_DATA, ScoreContext, Task, register_task
+from ...resources import resource_path
+from . import ScoreContext, Task, register_task
 
 CATEGORY_ABBREVIATIONS = {
     "Title Generation": "TG", "Coreference Resolution": "CR", "Textual Entailment": "TE", "Question Rewriting": "QR",
@@ -25,9 +26,11 @@ CATEGORY_ABBREVIATIONS = {
 class SuperNIOptions:
     """Where the SuperNI tasks come from and how many instances of each run."""
 
-    dir: str = field(default=str(SHARED_DATA / "supernatinst"),
+    dir: str = field(default=str(resource_path("supernatinst")),
                      metadata={"help": "A natural-instructions layout: tasks/*.json and splits/."})
-    tasks: str = field(default="default/test_tasks.txt", metadata={"help": "Task list under splits/."})
+    tasks: str = field(default="sample/test_tasks.txt", metadata={
+        "help": "Task list under splits/: the shipped held-out sample by default; default/test_tasks.txt is the "
+                "official 119-task list (with a natural-instructions checkout as the dir)."})
     categories: str | None = field(default=None, metadata={"help": "task -> category JSON under splits/ (optional)."})
     max_instances: int = field(default=100, metadata={"help": "Instances per task (the first ones).", "selects": True,
                                                       "aliases": ("--max-instances",)})
