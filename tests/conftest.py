@@ -83,3 +83,16 @@ def tiny_model_dir(tmp_path_factory, tokenizer_dir) -> Path:
     build_model(len(tokenizer)).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def cli_error(capsys, argv: list[str]) -> str:
+    """Run ``ctd-hf argv`` expecting a refusal: exit status 2 and one line on stderr, which is returned."""
+    from ctd_hf.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error and "Traceback" not in error
+    return error.splitlines()[-1]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import math
 from contextlib import nullcontext, redirect_stdout
 
 import pytest
@@ -11,10 +13,10 @@ import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM, TextStreamer
 
 import ctd_hf
-from ctd_hf import AdapterMismatchError, CTDProcessor
+from ctd_hf import AdapterMismatchError, ContrastProcessor, CTDContrast, CTDProcessor
 from ctd_hf.models import ensure_pad_token
 
-from conftest import build_model
+from conftest import SFT_SAMPLE, build_model
 
 PROMPTS = ["Give three tips for staying healthy.", "Hi", "What is the capital of France?"]
 BETA = 0.5
@@ -221,3 +223,65 @@ def test_prefix_for_another_model_is_refused(tiny_model_dir, tmp_path, left_toke
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     inputs = left_tokenizer(PROMPTS[:1], return_tensors="pt")
     assert greedy(model, inputs, CTDProcessor(model, tmp_path / "prefix")).shape[1] == inputs["input_ids"].shape[1] + 8
+
+
+def test_bf16_doubled_and_stream_differ_only_at_near_ties(left_tokenizer):
+    """In bf16 the two executors round differently (one 2B-row batch against B rows plus a stream), so greedy tokens
+    may part where the top two contrasted scores are within bf16 rounding; that is all that may differ."""
+    prompts = [record["instruction"] for record in json.loads(SFT_SAMPLE.read_text())[:16]]
+    inputs = left_tokenizer(prompts, return_tensors="pt", padding=True)
+    options = dict(max_new_tokens=16, do_sample=False, pad_token_id=0, output_scores=True,
+                   return_dict_in_generate=True)
+    length, rows, parted = inputs["input_ids"].shape[1], 0, 0
+    for seed in range(4):
+        model = build_model(len(left_tokenizer), seed=seed, initializer_range=0.3,
+                            tie_word_embeddings=False).to(torch.bfloat16)
+        torch.manual_seed(seed)
+        contrast = CTDContrast(model, torch.randn(4, 32) * 0.5, beta=0.5)
+        doubled = ctd_hf.generate_doubled(model, contrast, **inputs, **options)
+        with ContrastProcessor(contrast) as processor:
+            stream = model.generate(**inputs, logits_processor=[processor], **options)
+        for row in range(len(prompts)):
+            rows += 1
+            a, b = doubled.sequences[row, length:], stream.sequences[row, length:]
+            if torch.equal(a, b):
+                continue
+            parted += 1
+            step = int((a != b).nonzero()[0])
+            margins = [float(out.scores[step][row].float().topk(2).values.diff().abs()) for out in (doubled, stream)]
+            top = float(stream.scores[step][row].abs().max().clamp(min=1))
+            resolution = 2.0 ** (math.floor(math.log2(top)) - 7)  # bf16 keeps 8 significant bits
+            assert min(margins) <= 2 * resolution, (row, step, margins, resolution)
+    assert parted < rows / 2  # most rows agree; the rest part only at near-ties
+
+
+def test_lora_variant_decodes_by_its_definition(left_tokenizer):
+    """LoRAContrast: z from the model with the adapter off, z~ with it on, on the same tokens (brute force)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    from ctd_hf import LoRAContrast
+
+    base = make_model("llama-untied", len(left_tokenizer))
+    lora = get_peft_model(base, LoraConfig(task_type=TaskType.CAUSAL_LM, r=4, init_lora_weights=False))
+    inputs = left_tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    contrast = LoRAContrast(lora, beta=BETA)
+    with ContrastProcessor(contrast) as processor:
+        output = lora.generate(**inputs, logits_processor=[processor], do_sample=False, max_new_tokens=6, pad_token_id=0)
+        assert torch.equal(output, base.generate(**inputs, logits_processor=[processor], do_sample=False,
+                                                 max_new_tokens=6, pad_token_id=0))
+    length = inputs["input_ids"].shape[1]
+    for row, mask in zip(output, inputs["attention_mask"]):
+        real = row[int((mask == 0).sum()):]
+        for t in range(length - int((mask == 0).sum()), len(real)):
+            with torch.no_grad():
+                with lora.disable_adapter():
+                    z = base(input_ids=real[None, :t]).logits[0, -1]
+                z_tilde = base(input_ids=real[None, :t]).logits[0, -1]
+            assert real[t] == (z - BETA * z_tilde).argmax()
+    with torch.no_grad():  # the adapter is on again after the with block
+        on = lora(**inputs).logits
+        with lora.disable_adapter():
+            off = lora(**inputs).logits
+    assert not torch.allclose(on, off)
+    with pytest.raises(ValueError, match="two adapter states"):
+        ctd_hf.generate_doubled(lora, contrast, **inputs, max_new_tokens=2)

@@ -20,6 +20,7 @@ from conftest import DATA, build_model
 SUPERNI = dict(options={"superni": dict(dir=str(DATA / "supernatinst"), tasks="sample/train_tasks.txt",
                                          categories="sample/train_task_test_category_analog.json", max_instances=2)},
                max_new_tokens={"superni": 6, "drop": 4, "alpacaeval": 4}, batch_size=4)
+LONG = 4096  # positions: the protocol's 1024 source tokens are many more tokens of the tiny tokenizer
 
 
 def methods_for(model) -> dict[str, DecodingMethod]:
@@ -30,7 +31,7 @@ def methods_for(model) -> dict[str, DecodingMethod]:
 
 def test_superni_report_tables_and_plots(tokenizer, tmp_path):
     ensure_pad_token(tokenizer)
-    model = build_model(len(tokenizer), initializer_range=0.3)
+    model = build_model(len(tokenizer), initializer_range=0.3, max_position_embeddings=LONG)
     report = run_evaluation(model, tokenizer, methods_for(model), EvalSettings(**SUPERNI), tmp_path, "tiny-llama")
     superni = report["benchmarks"]["superni"]
     assert superni["tasks"] == 12 and superni["instances"] == 24
@@ -51,15 +52,15 @@ def test_superni_report_tables_and_plots(tokenizer, tmp_path):
 
 def test_interrupted_run_resumes_to_the_same_report(tokenizer, tmp_path):
     ensure_pad_token(tokenizer)
-    model = build_model(len(tokenizer), initializer_range=0.3)
+    model = build_model(len(tokenizer), initializer_range=0.3, max_position_embeddings=LONG)
     settings = EvalSettings(**SUPERNI)
     full = run_evaluation(model, tokenizer, methods_for(model), settings, tmp_path / "full", "tiny-llama")
     cut = tmp_path / "cut"
     run_evaluation(model, tokenizer, methods_for(model), settings, cut, "tiny-llama")
     # Interrupt: keep 5 of od's predictions, leave a torn line, drop id's file entirely.
-    od = cut / "predictions" / "superni" / "od.0.jsonl"
+    od = cut / "predictions" / "superni" / "od" / "rank-0.jsonl"
     od.write_text("".join(od.read_text().splitlines(keepends=True)[:5]) + '{"id": "torn')
-    (cut / "predictions" / "superni" / "id.0.jsonl").unlink()
+    (cut / "predictions" / "superni" / "id" / "rank-0.jsonl").unlink()
     resumed = run_evaluation(model, tokenizer, methods_for(model), settings, cut, "tiny-llama")
     assert resumed["benchmarks"] == full["benchmarks"]
     assert len(od.read_text().splitlines()) == 24
@@ -70,7 +71,7 @@ def test_interrupted_run_resumes_to_the_same_report(tokenizer, tmp_path):
 
 def test_all_benchmarks_run(tokenizer, tmp_path):
     ensure_pad_token(tokenizer)
-    model = build_model(len(tokenizer), initializer_range=0.3)
+    model = build_model(len(tokenizer), initializer_range=0.3, max_position_embeddings=LONG)
     options = {"drop": {"limit": 3}, "mmlu": {"limit": 1, "shots": 1}, "alpacaeval": {"limit": 3}}
     settings = EvalSettings(benchmarks=("drop", "mmlu", "alpacaeval"), options=options,
                             **{k: v for k, v in SUPERNI.items() if k != "options"})
@@ -90,8 +91,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_process_evaluation_equals_one_process(tiny_model_dir, tmp_path):
-    args = ["eval", "--model", str(tiny_model_dir), "--methods", "od,id", "--superni-tasks", "sample/train_tasks.txt",
+def test_two_process_evaluation_equals_one_process(tokenizer, tmp_path):
+    model_dir = tmp_path / "tiny-llama"
+    build_model(len(tokenizer), max_position_embeddings=LONG).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    args = ["eval", "--model", str(model_dir), "--methods", "od,id", "--superni-tasks", "sample/train_tasks.txt",
             "--max-instances", "2", "--max-new-tokens", "4", "--batch-size", "4", "--no-token-changes"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = subprocess.run([sys.executable, "-m", "ctd_hf.cli", *args, "--output-dir", str(tmp_path / "one")],
@@ -102,7 +106,25 @@ def test_two_process_evaluation_equals_one_process(tiny_model_dir, tmp_path):
     double = subprocess.run([*launch, *args, "--output-dir", str(tmp_path / "two")], env=env, capture_output=True,
                             text=True, timeout=600)
     assert double.returncode == 0, double.stderr[-2000:]
-    assert len(list((tmp_path / "two" / "predictions" / "superni").glob("od.*.jsonl"))) == 2
+    assert len(list((tmp_path / "two" / "predictions" / "superni" / "od").glob("rank-*.jsonl"))) == 2
     one = json.loads((tmp_path / "one" / "report.json").read_text())["benchmarks"]
     two = json.loads((tmp_path / "two" / "report.json").read_text())["benchmarks"]
     assert one == two
+
+
+def test_labels_of_one_method_at_several_strengths_keep_their_predictions_apart(tokenizer, tmp_path):
+    """`ctd@0` and `ctd@0.5` in one run each answer every item themselves (a file pattern for `ctd@0` once also
+    matched `ctd@0.5`'s file and mixed the two)."""
+    ensure_pad_token(tokenizer)
+    model = build_model(len(tokenizer), initializer_range=0.3, max_position_embeddings=LONG)
+    torch.manual_seed(3)
+    prefix = torch.randn(4, model.config.hidden_size) * 0.5
+    settings = EvalSettings(**SUPERNI, token_changes=False)
+    both = {label: DecodingMethod("ctd", prefix=prefix, strength=value) for label, value in
+            (("ctd@0", 0.0), ("ctd@0.5", 0.5))}
+    together = run_evaluation(model, tokenizer, both, settings, tmp_path / "both", "tiny-llama")
+    for label, method in both.items():
+        alone = run_evaluation(model, tokenizer, {label: method}, settings, tmp_path / label, "tiny-llama")
+        assert alone["benchmarks"]["superni"]["methods"][label] == together["benchmarks"]["superni"]["methods"][label]
+    plain = run_evaluation(model, tokenizer, {"od": DecodingMethod("od")}, settings, tmp_path / "od", "tiny-llama")
+    assert together["benchmarks"]["superni"]["methods"]["ctd@0"] == plain["benchmarks"]["superni"]["methods"]["od"]

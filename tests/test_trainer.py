@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -196,3 +198,45 @@ def test_batch_without_label_tokens_gives_zero_loss(tiny_model, tokenizer, train
     batch["labels"][:] = -100
     loss = trainer.compute_loss(model, batch)
     assert torch.isfinite(loss) and loss.item() == 0.0
+
+
+def test_trl_style_construction_equals_the_explicit_form(tiny_model_dir, tokenizer, tmp_path):
+    """CTDTrainer(model=<name>, train_dataset=<raw rows>, peft_config=...) tokenises, collates and wraps as the explicit
+    form does, and trains the same prefix."""
+    import datasets
+    import transformers
+    from peft import PromptTuningConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    rows = datasets.Dataset.from_list(json.loads(SFT_SAMPLE.read_text())[:8])
+    config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=4)
+
+    def args(name: str) -> CTDConfig:
+        return CTDConfig(output_dir=str(tmp_path / name), max_steps=2, per_device_train_batch_size=4, seed=0,
+                         learning_rate=5e-2, report_to="none", save_strategy="no", max_length=96, disable_tqdm=True)
+
+    transformers.set_seed(0)
+    trl = CTDTrainer(model=str(tiny_model_dir), args=args("trl"), train_dataset=rows, peft_config=config)
+    trl.train()
+    transformers.set_seed(0)
+    ensure_pad_token(tokenizer)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), config)
+    explicit = CTDTrainer(model=model, args=args("explicit"), data_collator=RightPaddingCollator(tokenizer.pad_token_id),
+                          train_dataset=tokenize_sft(load_sft_data(rows), tokenizer, "chatml", 96))
+    explicit.train()
+    assert torch.equal(prefix_embeddings(trl.model), prefix_embeddings(explicit.model))
+    lora = CTDTrainer(model=str(tiny_model_dir), args=args("lora"), train_dataset=rows,
+                      peft_config=LoraConfig(task_type=TaskType.CAUSAL_LM, r=2))
+    assert lora.train().global_step == 2
+
+
+def test_trl_prompt_completion_rows_are_chat_rows():
+    import datasets
+
+    chat = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}]
+    forms = [{"prompt": "Name a colour.", "completion": "Blue."},  # TRL's standard prompt-completion
+             {"prompt": chat[:1], "completion": chat[1:]},  # TRL's conversational prompt-completion
+             {"messages": chat}]
+    loaded = [load_sft_data(datasets.Dataset.from_list([form]))[0]["messages"] for form in forms]
+    stripped = [[{k: m[k] for k in ("role", "content")} for m in messages] for messages in loaded]
+    assert stripped == [chat, chat, chat]

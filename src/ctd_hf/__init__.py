@@ -30,6 +30,7 @@ _EXPORTS = {
     "Contrast": "decoding.contrasts",
     "CTDContrast": "decoding.contrasts",
     "InstructiveContrast": "decoding.contrasts",
+    "LoRAContrast": "decoding.contrasts",
     "ContrastiveDecodingContrast": "decoding.contrasts",
     "ContrastProcessor": "decoding.stream",
     "CTDProcessor": "decoding.processors",
@@ -43,6 +44,7 @@ _EXPORTS = {
     "METHODS": "decoding.methods",
     "DecodingMethod": "decoding.methods",
     "generate_answers": "decoding.batch",
+    "custom_generate": "integrations.custom_generate",
     # training
     "AdapterMismatchError": "training.prefix",
     "add_soft_prefix": "training.prefix",

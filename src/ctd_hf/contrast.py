@@ -15,8 +15,13 @@ IGNORE_INDEX = -100
 
 
 def check_strength(strength: float, name: str = "strength") -> float:
-    """Return ``strength`` as a float, refusing negative, infinite and NaN values."""
-    value = float(strength)
+    """Return ``strength`` as a float, refusing non-numbers, negative, infinite and NaN values."""
+    if isinstance(strength, bool):
+        raise TypeError(f"`{name}` must be a number, got {strength!r}.")
+    try:
+        value = float(strength)
+    except (TypeError, ValueError):
+        raise TypeError(f"`{name}` must be a number, got {strength!r}.") from None
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"`{name}` must be a finite number >= 0, got {strength!r}.")
     return value
@@ -88,7 +93,14 @@ def contrastive_token_loss(
     It works in place: ``logits`` and ``contrast`` are overwritten (pass the copies that boolean indexing returns), so
     the loss allocates no ``(tokens, vocab)`` buffer beyond the log-softmax that cross-entropy keeps for backward.
     """
-    scores = contrast_logits(logits, contrast, alpha, inplace=True)
+    return token_loss(contrast_logits(logits, contrast, alpha, inplace=True), targets, num_items_in_batch)
+
+
+def token_loss(
+    scores: torch.Tensor, targets: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None
+) -> torch.Tensor:
+    """Summed token cross-entropy of ``scores`` ``(tokens, vocab)`` against ``targets`` ``(tokens,)``, divided by
+    ``num_items_in_batch`` when given (the Trainer's count over the whole accumulated batch), else by the count here."""
     loss = F.cross_entropy(scores.float(), targets, reduction="sum")
     denominator = targets.numel() if num_items_in_batch is None else num_items_in_batch
     if torch.is_tensor(denominator):

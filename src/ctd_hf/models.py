@@ -3,6 +3,7 @@ local folder or hub name."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -73,10 +74,24 @@ def default_model_dir() -> Path:
     return target
 
 
+def looks_like_path(name: str) -> bool:
+    """Whether ``name`` is written as a local path (``./x``, ``/x``, ``~/x``, ``x/y/z``, ``x.json``) rather than a Hub
+    name (``org/name``), so a missing one is reported as missing instead of as a failed download."""
+    return (name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith("/")
+            or Path(name).suffix in (".json", ".jsonl", ".gz", ".safetensors", ".bin", ".gguf"))
+
+
 def resolve_model_path(name_or_path: str | None) -> str:
     """``None`` or ``"default"`` means the embedded default model; anything else is passed to ``from_pretrained``."""
     if name_or_path in (None, "default", DEFAULT_MODEL):
         return str(default_model_dir())
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} has no config.json: it is not a model folder written by save_pretrained.")
+        return str(path)
+    if looks_like_path(name_or_path):
+        raise FileNotFoundError(f"The model folder {path} does not exist.")
     return name_or_path
 
 
@@ -90,7 +105,10 @@ def load_model_and_tokenizer(
     The tokenizer gets a pad token (its EOS) when it has none.
     """
     path = resolve_model_path(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except OSError as error:
+        raise OSError(f"{name_or_path!r} is not a local model folder, and loading it from the Hub failed: {error}") from None
     if device is not None:
         model.to(device)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -101,6 +119,17 @@ def load_model_and_tokenizer(
 def model_id(model: PreTrainedModel) -> str:
     """Short name of a model (last part of ``name_or_path``); empty for a model built from a config."""
     return Path(str(getattr(model, "name_or_path", "") or "")).name
+
+
+def fingerprint(model: torch.nn.Module) -> str:
+    """SHA-256 over the model's parameters and buffers (names, dtypes, shapes and bytes): two models give the same
+    answers only if this matches, so resumable jobs key their outputs on it."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        data = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{data.dtype}:{tuple(data.shape)};".encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()
 
 
 def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:

@@ -1,4 +1,5 @@
-"""Files that survive being killed, for resumable jobs (evaluation, synthesis, sweeps).
+"""JSON records on disk: files that survive being killed, for resumable jobs (evaluation, synthesis, sweeps), and
+files written by people and other tools, read with errors that name the file and the line.
 
 Append-only JSONL: each batch is flushed and fsynced, and a reader drops (and truncates away) a torn last line, so a
 restarted job redoes at most the batch it was writing. Jobs sharded over processes write one file per process.
@@ -7,10 +8,58 @@ Whole files (settings, reports) are written to a temporary name and renamed into
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+
+def load_json_records(path: str | Path, check: Callable[[Any], None] | None = None) -> list[Any]:
+    """The records of a JSON list or a JSON Lines file (``.jsonl`` in the name, or one document per line), gzip
+    allowed, refusing a missing, empty or malformed file with its name and line.
+
+    ``check(record)`` may raise ``ValueError`` for a bad record; the error is re-raised naming the file and the line
+    (JSONL) or the record's position (a JSON list).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist." if not path.exists() else f"{path} is not a file.")
+    raw = path.read_bytes()
+    try:
+        text = (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode("utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not UTF-8 JSON text ({error}).") from None
+    if not text.strip():
+        raise ValueError(f"{path} is empty.")
+    located: list[tuple[str, Any]] = []
+    document = None
+    if ".jsonl" not in path.name:
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as error:
+            if error.msg != "Extra data":  # several documents: JSON Lines under another name
+                raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg}).") from None
+    if document is not None:
+        if not isinstance(document, list):
+            raise ValueError(f"{path} holds a JSON {type(document).__name__}; expected a list of records (or JSONL).")
+        located = [(f"{path}, record {index + 1}", record) for index, record in enumerate(document)]
+    else:
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    located.append((f"{path}:{number}", json.loads(line)))
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{path}:{number}: not valid JSON ({error.msg}).") from None
+    if not located:
+        raise ValueError(f"{path} holds no record.")
+    for where, record in located:
+        if check is not None:
+            try:
+                check(record)
+            except ValueError as error:
+                raise ValueError(f"{where}: {error}") from None
+    return [record for _, record in located]
 
 
 def read_records(path: str | Path, repair: bool = False) -> list[dict]:
@@ -43,6 +92,7 @@ def append_records(path: str | Path, records: list[dict]) -> None:
 def write_json(path: str | Path, value: Any) -> None:
     """Write ``value`` as indented JSON, atomically: a reader sees the old file or the new one, never half of one."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as handle:
         handle.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")

@@ -12,7 +12,6 @@ processes (batched left-padded greedy decoding equals per-row decoding in fp32);
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import shutil
@@ -29,13 +28,15 @@ from ._version import __version__
 from .decoding.batch import generate_answers
 from .decoding.methods import DecodingMethod
 from .distributed import process_state
+from .models import fingerprint
 from .prompts import PROMPT_FORMATS
-from .records import append_records, read_records, write_json
+from .records import append_records, load_json_records, read_records, write_json
 
 OUTPUT_FORMATS = ("alpaca", "messages")
 CONFIG_NAME = "synthesis_config.json"
 # Settings that decide the answers: a rerun into a folder written with other values is refused.
-_GENERATION_KEYS = ("expert", "amateur", "method", "generate_kwargs", "prompt_format", "seed", "also_plain")
+_GENERATION_KEYS = ("expert", "expert_fingerprint", "amateur", "amateur_fingerprint", "method", "generate_kwargs",
+                    "prompt_format", "seed", "also_plain")
 
 
 def load_instructions(
@@ -47,24 +48,17 @@ def load_instructions(
     ``datasets.Dataset`` or a list of dicts, each with ``instruction`` and optional ``input`` and ``id``.
     ``limit`` keeps the first ``limit`` instructions.
     """
-    if isinstance(source, (str, Path)):
-        raw = Path(source).read_bytes()
-        text = (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode("utf-8").strip()
-        if text.startswith("["):
-            rows = json.loads(text)
-        else:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    else:
-        rows = source
+    rows = load_json_records(source, _check_instruction) if isinstance(source, (str, Path)) else source
     if limit is not None:
         if limit < 1:
             raise ValueError(f"`limit` must be >= 1, got {limit}.")
         rows = rows.select(range(min(limit, len(rows)))) if isinstance(rows, datasets.Dataset) else rows[:limit]
     records = []
     for key, row in enumerate(rows):
-        if not isinstance(row, dict) or not isinstance(row.get("instruction"), str) or not row["instruction"].strip():
-            raise ValueError(f"Instruction {key} of {source if isinstance(source, (str, Path)) else 'the data'} "
-                             f"needs a non-empty string `instruction`, got {str(row)[:200]}.")
+        try:
+            _check_instruction(row)
+        except ValueError as error:
+            raise ValueError(f"Instruction {key} of the data: {error}") from None
         record = {"key": key, "instruction": row["instruction"], "input": row.get("input") or ""}
         if row.get("id") is not None:
             record["id"] = row["id"]
@@ -72,6 +66,11 @@ def load_instructions(
     if not records:
         raise ValueError(f"{source} holds no instruction.")
     return records
+
+
+def _check_instruction(row: Any) -> None:
+    if not isinstance(row, dict) or not isinstance(row.get("instruction"), str) or not row["instruction"].strip():
+        raise ValueError(f"an instruction record needs a non-empty string `instruction`, got {str(row)[:200]}.")
 
 
 def synthesize(
@@ -113,12 +112,17 @@ def synthesize(
         raise ValueError(f"`rank` must be in [0, {world_size}), got {rank}.")
     kwargs = {"max_new_tokens": 128, "do_sample": False, **(generate_kwargs or {})}
     records = load_instructions(instructions, limit)
+    method.check(expert, tokenizer)
     output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(f"The output folder {output_dir} is a file: choose another output folder.")
     output_dir.mkdir(parents=True, exist_ok=True)
     config = {
         "ctd_hf_version": __version__,
         "expert": str(expert.name_or_path),
+        "expert_fingerprint": fingerprint(expert),
         "amateur": str(method.amateur.name_or_path) if method.amateur is not None else None,
+        "amateur_fingerprint": fingerprint(method.amateur) if method.amateur is not None else None,
         "method": method.settings(),
         "generate_kwargs": kwargs,
         "prompt_format": prompt_format,

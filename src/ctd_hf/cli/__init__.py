@@ -6,18 +6,20 @@ Library modules never parse arguments or exit; the subcommands turn parsed argum
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .._version import __version__
 from . import eval as eval_command
-from . import generate, synth, tune
+from . import demo, export_hub, generate, sweep, synth, tune
 
-SUBCOMMANDS = (tune, generate, eval_command, synth)
+SUBCOMMANDS = (demo, tune, generate, eval_command, synth, sweep, export_hub)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``ctd-hf`` argument parser with all subcommands."""
     parser = argparse.ArgumentParser(prog="ctd-hf", description="Contrastive tuning and decoding for HF models.")
     parser.add_argument("--version", action="version", version=f"ctd-hf {__version__}")
+    parser.add_argument("--debug", action="store_true", help="Show the full traceback of an error.")
     subparsers = parser.add_subparsers(required=True, dest="command")
     for command in SUBCOMMANDS:
         command.add_parser(subparsers)
@@ -25,6 +27,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``ctd-hf`` console script."""
+    """Entry point of the ``ctd-hf`` console script. An error ends it with one line on stderr and exit status 2
+    (argparse's convention for bad usage), or with the traceback under ``--debug``."""
     args = build_parser().parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        raise
+    except Exception as error:
+        if args.debug:
+            raise
+        known = isinstance(error, (ValueError, TypeError, OSError, RuntimeError))
+        hint = "" if known else f" ({type(error).__name__}; run with --debug for the traceback)"
+        print(f"ctd-hf {args.command}: error: {error}{hint}", file=sys.stderr)
+        raise SystemExit(2) from None

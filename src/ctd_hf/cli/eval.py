@@ -15,21 +15,27 @@ from ..decoding.methods import DecodingMethod
 from ..evaluation.runner import EvalSettings, run_evaluation
 from ..evaluation.tasks import Task, get_task, task_names
 from ..models import load_model_and_tokenizer, model_id
-from .arguments import add_method_arguments, add_model_arguments, add_prompt_format_argument, method_kwargs
+from .arguments import (add_method_arguments, add_model_arguments, add_prompt_format_argument, check_method_arguments,
+                        comma_list, method_kwargs, output_folder, positive_int, strength)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ev = subparsers.add_parser("eval", help="Evaluate methods on SuperNI, DROP, MMLU and AlpacaEval; one report.")
     add_model_arguments(ev)
-    ev.add_argument("--methods", default="od,id,ctd", help="Comma-separated: od, id, cd, ctd.")
-    ev.add_argument("--benchmarks", default="superni", help=f"Comma-separated: {', '.join(task_names())}.")
-    ev.add_argument("--output-dir", required=True, help="Predictions, report.json, report.md and plots go here.")
+    ev.add_argument("--methods", type=comma_list, default="od,id,ctd",
+                    help="Comma-separated: od, id, cd, ctd; `name@strength` runs a method at another strength (e.g. "
+                         "ctd@0.1,ctd@0.3,ctd@0.5 evaluates three betas of one prefix in one run).")
+    ev.add_argument("--benchmarks", type=comma_list, default="superni",
+                    help=f"Comma-separated: {', '.join(task_names())}.")
+    ev.add_argument("--output-dir", type=output_folder, required=True,
+                    help="Predictions, report.json, report.md and plots go here.")
     add_method_arguments(ev)
     add_prompt_format_argument(ev)
-    ev.add_argument("--max-new-tokens", type=int, default=None,
+    ev.add_argument("--max-new-tokens", type=positive_int, default=None,
                     help="New tokens of every generation task (default: each task's own, e.g. SuperNI 128, DROP 32).")
-    ev.add_argument("--max-source-tokens", type=int, default=1024, help="Instruction + input tokens, where a task cuts.")
-    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--max-source-tokens", type=positive_int, default=1024,
+                    help="Instruction + input tokens, where a task cuts.")
+    ev.add_argument("--batch-size", type=positive_int, default=8)
     ev.add_argument("--no-token-changes", action="store_true", help="Do not record the original model's predictions.")
     ev.add_argument("--seed", type=int, default=0)
     for name in task_names():
@@ -58,18 +64,40 @@ def task_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return options
 
 
+def method_specs(specs: list[str]) -> dict[str, tuple[str, float | None]]:
+    """``name`` or ``name@strength`` specs -> report label -> (method, strength or None for the flags' value)."""
+    methods = {}
+    for spec in specs:
+        name, _, value = spec.partition("@")
+        try:
+            methods[spec] = (name, strength(value) if value else None)
+        except (argparse.ArgumentTypeError, ValueError) as error:
+            raise ValueError(f"--methods {spec}: the strength after @ {error}.") from None
+    return methods
+
+
 def run(args: argparse.Namespace) -> dict | None:
     """Run an evaluation from parsed arguments; prints the Markdown report on the main process."""
-    transformers.set_seed(args.seed)
-    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
-    names = [name.strip() for name in args.methods.split(",") if name.strip()]
-    amateur = load_model_and_tokenizer(args.amateur, dtype=args.dtype)[0] if "cd" in names and args.amateur else None
-    methods = {name: DecodingMethod(name, amateur=amateur, **method_kwargs(args, name)) for name in names}
-    benchmarks = tuple(b.strip() for b in args.benchmarks.split(",") if b.strip())
-    budgets = {} if args.max_new_tokens is None else {name: args.max_new_tokens for name in benchmarks}
-    settings = EvalSettings(benchmarks=benchmarks, options=task_options(args), prompt_format=args.prompt_format,
+    specs = method_specs(args.methods)
+    check_method_arguments(args, sorted({name for name, _ in specs.values()}))
+    tasks = [get_task(name) for name in args.benchmarks]
+    options = task_options(args)
+    for task in tasks:
+        task.make_options(options.get(task.name))  # refuse bad task options before any model loads
+    budgets = {} if args.max_new_tokens is None else {task.name: args.max_new_tokens for task in tasks}
+    settings = EvalSettings(benchmarks=tuple(args.benchmarks), options=options, prompt_format=args.prompt_format,
                             batch_size=args.batch_size, max_new_tokens=budgets,
                             max_source_tokens=args.max_source_tokens, token_changes=not args.no_token_changes)
+    transformers.set_seed(args.seed)
+    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
+    uses_cd = any(name == "cd" for name, _ in specs.values())
+    amateur = load_model_and_tokenizer(args.amateur, dtype=args.dtype)[0] if uses_cd else None
+    methods = {}
+    for label, (name, value) in specs.items():
+        kwargs = method_kwargs(args, name)
+        if value is not None:
+            kwargs["strength"] = value
+        methods[label] = DecodingMethod(name, amateur=amateur, **kwargs)
     report = run_evaluation(model, tokenizer, methods, settings, args.output_dir, model_id(model), args.seed)
     if report is not None:
         print(Path(args.output_dir, "report.md").read_text())

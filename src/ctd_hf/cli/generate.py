@@ -13,9 +13,9 @@ from tqdm.auto import tqdm
 from ..decoding.batch import check_prompt_lengths, generate_answers
 from ..decoding.methods import METHODS, DecodingMethod
 from ..models import load_model_and_tokenizer
-from ..training.prefix import resolve_prefix
-from .arguments import (add_decoding_arguments, add_method_arguments, add_model_arguments,
-                        add_prompt_format_argument, decoding_options, method_kwargs)
+from ..records import load_json_records
+from .arguments import (add_decoding_arguments, add_method_arguments, add_model_arguments, add_prompt_format_argument,
+                        check_method_arguments, decoding_options, method_kwargs)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -23,7 +23,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_model_arguments(gen)
     source = gen.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", action="append", help="A user message (repeat for several).")
-    source.add_argument("--prompts-file", help="Text file (one prompt a line) or JSONL with instruction[/input] or prompt.")
+    source.add_argument("--prompts-file", help="JSON list / JSONL of prompts (strings, or objects with `prompt` or "
+                                               "`instruction` and optional `input`), or a text file of one prompt a line.")
     add_prompt_format_argument(gen)
     gen.add_argument("--method", default=None, choices=METHODS,
                      help="od: plain; id: Instructive Decoding; cd: Contrastive Decoding; ctd: CTD (default: ctd "
@@ -35,36 +36,47 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def read_prompts(args: argparse.Namespace) -> list[dict]:
-    """User messages from --prompt or --prompts-file (plain lines, or JSONL with instruction/input or prompt)."""
+    """User messages from --prompt or --prompts-file: a JSON list or JSONL of records with ``prompt`` or
+    ``instruction`` (and optional ``input``), or strings; any other file holds one prompt per line."""
     if args.prompt:
         return [{"role": "user", "content": text} for text in args.prompt]
-    messages = []
-    for number, line in enumerate(Path(args.prompts_file).read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        if args.prompts_file.endswith(".jsonl"):
-            record = json.loads(line)
-            if "prompt" not in record and "instruction" not in record:
-                raise ValueError(f"{args.prompts_file}:{number} has neither `prompt` nor `instruction`.")
-            content = record.get("prompt", record.get("instruction"))
-            messages.append({"role": "user", "content": content, "input": record.get("input") or ""})
-        else:
-            messages.append({"role": "user", "content": line})
+    path = Path(args.prompts_file)
+    if path.suffix in (".json", ".jsonl") or path.name.endswith((".json.gz", ".jsonl.gz")):
+        return [_message(record) for record in load_json_records(path, _message)]
+    if not path.is_file():
+        raise FileNotFoundError(f"The prompts file {path} does not exist.")
+    messages = [{"role": "user", "content": line} for line in path.read_text().splitlines() if line.strip()]
     if not messages:
-        raise ValueError(f"{args.prompts_file} holds no prompt.")
+        raise ValueError(f"{path} holds no prompt.")
     return messages
+
+
+def _message(record: object) -> dict:
+    """A user message from a prompts-file record (a string, or an object with ``prompt`` or ``instruction``)."""
+    if isinstance(record, str):
+        content, task_input = record, ""
+    elif isinstance(record, dict) and isinstance(record.get("prompt", record.get("instruction")), str):
+        content, task_input = record.get("prompt", record.get("instruction")), record.get("input") or ""
+    else:
+        raise ValueError("a prompt is a string or an object with a string `prompt` or `instruction`.")
+    if not content.strip():
+        raise ValueError("the prompt is empty.")
+    return {"role": "user", "content": content, "input": task_input}
 
 
 def run(args: argparse.Namespace) -> list[dict]:
     """Decode prompts from parsed arguments; prints or writes one JSON line per prompt and returns the records."""
+    name = args.method or ("ctd" if args.prefix else "od")
+    check_method_arguments(args, [name])
+    messages = read_prompts(args)
+    if args.output and Path(args.output).is_dir():
+        raise IsADirectoryError(f"--output {args.output} is a folder; name a file to write JSONL to.")
     transformers.set_seed(args.seed)
     model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
-    name = args.method or ("ctd" if args.prefix else "od")
-    amateur = load_model_and_tokenizer(args.amateur, dtype=args.dtype)[0] if name == "cd" and args.amateur else None
+    amateur = load_model_and_tokenizer(args.amateur, dtype=args.dtype)[0] if name == "cd" else None
     method = DecodingMethod(name, amateur=amateur, **method_kwargs(args, name))
-    messages = read_prompts(args)
-    prefix_length = resolve_prefix(model, args.prefix).shape[0] if method.name == "ctd" else 0
-    check_prompt_lengths(model, tokenizer, messages, args.prompt_format, args.max_new_tokens, prefix_length)
+    method.check(model, tokenizer)
+    check_prompt_lengths(model, tokenizer, messages, args.prompt_format, args.max_new_tokens, method.prefix_length)
     records, sink = [], open(args.output, "w") if args.output else sys.stdout
     try:
         for start in tqdm(range(0, len(messages), args.batch_size), desc="Generating", unit="batch", file=sys.stderr):

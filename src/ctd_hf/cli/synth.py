@@ -15,8 +15,8 @@ from ..distributed import process_state
 from ..models import load_model_and_tokenizer
 from ..prompts import PROMPT_FORMATS
 from ..synthesis import OUTPUT_FORMATS, load_instructions, synthesize
-from ..training.prefix import resolve_prefix
-from .arguments import add_decoding_arguments, add_method_arguments, add_model_arguments, decoding_options, method_kwargs
+from .arguments import (add_decoding_arguments, add_method_arguments, add_model_arguments, check_method_arguments,
+                        decoding_options, method_kwargs, output_folder, positive_int)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -26,8 +26,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_model_arguments(synth, "--expert")
     synth.add_argument("--instructions", required=True,
                        help="JSON/JSONL file (gzip allowed) of records with `instruction`, optional `input`/`id`.")
-    synth.add_argument("--output-dir", required=True, help="Shards, data.jsonl, dataset/ and synthesis_config.json.")
-    synth.add_argument("--limit", type=int, default=None, help="Answer only the first N instructions.")
+    synth.add_argument("--output-dir", type=output_folder, required=True,
+                       help="Shards, data.jsonl, dataset/ and synthesis_config.json.")
+    synth.add_argument("--limit", type=positive_int, default=None, help="Answer only the first N instructions.")
     synth.add_argument("--also-plain", action="store_true", help="Also store the expert's plain answer (output_plain).")
     synth.add_argument("--format", dest="output_format", default="alpaca", choices=OUTPUT_FORMATS)
     synth.add_argument("--prompt-format", default="chatml", choices=PROMPT_FORMATS)
@@ -43,15 +44,16 @@ def run(args: argparse.Namespace) -> datasets.Dataset | None:
     """Run ``ctd-hf synth`` from parsed arguments (method cd unless --method, or --prefix for ctd, says otherwise)."""
     name = args.method or ("ctd" if args.prefix else "cd")
     if name == "cd" and not args.amateur:
-        raise SystemExit("ctd-hf synth: method cd needs --amateur (the expert's pre-trained base model).")
+        raise ValueError("Method cd needs --amateur: the expert's pre-trained base model (CoDIT contrasts the two).")
+    check_method_arguments(args, [name])
     device = process_state().device
     amateur = load_model_and_tokenizer(args.amateur, dtype=args.dtype, device=device)[0] if name == "cd" else None
     method = DecodingMethod(name, amateur=amateur, **method_kwargs(args, name))
-    expert, tokenizer = load_model_and_tokenizer(args.expert, dtype=args.dtype, device=device)
     records = load_instructions(args.instructions, args.limit)
-    prefix_length = resolve_prefix(expert, args.prefix).shape[0] if method.name == "ctd" else 0
+    expert, tokenizer = load_model_and_tokenizer(args.expert, dtype=args.dtype, device=device)
+    method.check(expert, tokenizer)
     messages = [{"role": "user", "content": r["instruction"], "input": r["input"]} for r in records]
-    check_prompt_lengths(expert, tokenizer, messages, args.prompt_format, args.max_new_tokens, prefix_length)
+    check_prompt_lengths(expert, tokenizer, messages, args.prompt_format, args.max_new_tokens, method.prefix_length)
     dataset = synthesize(expert, tokenizer, args.instructions, args.output_dir, method, args.prompt_format,
                          args.batch_size, decoding_options(args), args.also_plain, args.output_format, args.limit,
                          args.seed)

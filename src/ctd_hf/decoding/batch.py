@@ -74,6 +74,7 @@ def check_prompt_lengths(
     prompt_format: str,
     max_new_tokens: int,
     extra: int = 0,
+    fix: str = "shorten it or lower --max-new-tokens",
 ) -> None:
     """Refuse prompts that cannot fit the model's positions together with the answer (and ``extra``: a prefix)."""
     limit = getattr(model.config, "max_position_embeddings", None)
@@ -81,5 +82,6 @@ def check_prompt_lengths(
         needed = len(encode_prompt(format_prompt([message], prompt_format, tokenizer), tokenizer, prompt_format))
         needed += max_new_tokens + extra
         if limit and needed > limit:
-            raise ValueError(f"The prompt {message['content'][:40]!r}... needs {needed} positions, more than the "
-                             f"model's {limit}: shorten it or lower --max-new-tokens.")
+            raise ValueError(f"The prompt {message['content'][:40]!r}... needs {needed} positions (prompt, "
+                             f"{max_new_tokens} new tokens, {extra} prefix tokens), more than the model's {limit}: "
+                             f"{fix}.")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +35,7 @@ def decoding_model(model: PreTrainedModel | PeftModel) -> PreTrainedModel:
         raise ValueError(
             f"Contrastive decoding got a PeftModel with a {model.active_peft_config.peft_type} adapter, whose base "
             "model carries the adapter's weights, so it cannot give the original logits. Pass the model without "
-            "the adapter, or decode with ctd_hf.LoRAContrast."
+            "the adapter, or decode CTD's LoRA variant with ctd_hf.LoRAContrast(peft_model)."
         )
     return model.get_base_model()
 
@@ -50,11 +52,23 @@ class Contrast(ABC):
         self.model = decoding_model(model)
         self.strength = strength
         self.contrast_model = self.model if contrast_model is None else decoding_model(contrast_model)
+        for role, checked in (("model", self.model), ("contrast model", self.contrast_model)):
+            if getattr(checked.config, "is_encoder_decoder", False):
+                raise ValueError(f"The {role} {type(checked).__name__} is an encoder-decoder; contrastive decoding "
+                                 "supports decoder-only models with the default dynamic cache.")
 
     @property
     def shares_model(self) -> bool:
-        """Whether both views come from the same model (then the doubled executor can run them as one batch)."""
+        """Whether both views are one model's forward (then the doubled executor can run them as one batch)."""
         return self.contrast_model is self.model
+
+    def first_view(self) -> AbstractContextManager:
+        """Entered while an executor runs ``generate()``: the state in which ``model`` gives the original logits."""
+        return nullcontext()
+
+    def second_view_forward(self) -> AbstractContextManager:
+        """Entered around each forward of the second view (the stream executor's)."""
+        return nullcontext()
 
     @abstractmethod
     def second_view(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -68,6 +82,17 @@ class Contrast(ABC):
         """The processed scores, ``log_softmax(z - strength * z~)``: normalised so that beam search adds up
         log-probabilities of the contrasted distribution; greedy and sampling do not see the normalisation."""
         return F.log_softmax(contrast_logits(scores, contrast, self.strength), dim=-1)
+
+    def contrasted_scores(self, scores: torch.Tensor, contrast: torch.Tensor) -> torch.Tensor:
+        """:meth:`combine`, refusing a row without any finite score: it would decode token 0 without a word."""
+        combined = self.combine(scores, contrast)
+        if not torch.isfinite(combined.max(dim=-1).values).all():
+            raise ValueError(
+                f"{type(self).__name__} produced scores that are NaN or -inf for every token (strength "
+                f"{self.strength}; max |z~| {contrast.abs().max().item():.3g}). The strength overflows the scores, or "
+                "the model or prefix produce non-finite logits: lower the strength or check the prefix and model."
+            )
+        return combined
 
 
 class CTDContrast(Contrast):
@@ -87,7 +112,7 @@ class CTDContrast(Contrast):
         >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
         ...                                      num_hidden_layers=1, num_attention_heads=2)).eval()
         >>> contrast = CTDContrast(model, torch.randn(4, 16), beta=0.3)
-        >>> generate_doubled(model, contrast, input_ids=torch.tensor([[1, 5, 7]]), max_new_tokens=3,
+        >>> generate_doubled(model, contrast, input_ids=torch.tensor([[1, 5, 7]]), max_new_tokens=3, min_new_tokens=3,
         ...                  do_sample=False, pad_token_id=0).shape
         torch.Size([1, 6])
     """
@@ -101,6 +126,58 @@ class CTDContrast(Contrast):
     def second_view(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         embeds, mask = insert_prefix(self.model.get_input_embeddings()(input_ids), attention_mask, self.prefix)
         return {"inputs_embeds": embeds, "attention_mask": mask}
+
+
+class LoRAContrast(Contrast):
+    r"""CTD's LoRA variant (the paper's section 7.3): ``log_softmax(z - beta * z~)``, ``z~`` the logits of the model
+    with the contrastively tuned LoRA adapter enabled, ``z`` with it disabled (one set of base weights).
+
+    Both views are the same modules in two adapter states, so they cannot share one batch: only the stream executor
+    runs it. Inside the processor's ``with`` block the adapter is off except during the stream's own forwards, so
+    ``generate()`` may be called on the ``PeftModel`` or on its base model.
+
+    Args:
+        model: a ``PeftModel`` holding a LoRA adapter (e.g. what ``CTDTrainer`` trained with a ``LoraConfig``).
+        beta: contrast strength (0 gives plain decoding).
+
+    Example:
+        >>> import torch
+        >>> from peft import LoraConfig, TaskType, get_peft_model
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from ctd_hf import ContrastProcessor
+        >>> base = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+        ...                                     num_hidden_layers=1, num_attention_heads=2)).eval()
+        >>> lora = get_peft_model(base, LoraConfig(task_type=TaskType.CAUSAL_LM, r=2, init_lora_weights=False))
+        >>> with ContrastProcessor(LoRAContrast(lora, beta=0.3)) as processor:
+        ...     lora.generate(input_ids=torch.tensor([[1, 5, 7]]), logits_processor=[processor], max_new_tokens=3,
+        ...                   min_new_tokens=3, do_sample=False, pad_token_id=0).shape
+        torch.Size([1, 6])
+    """
+
+    def __init__(self, model: PeftModel, beta: float = 0.3) -> None:
+        if not isinstance(model, PeftModel) or model.active_peft_config.is_prompt_learning:
+            raise ValueError(f"LoRAContrast needs a PeftModel with a LoRA adapter, got {type(model).__name__}; a soft "
+                             "prefix decodes with CTDContrast.")
+        self.peft_model = model
+        super().__init__(model.get_base_model(), check_strength(beta, "beta"))
+
+    @property
+    def shares_model(self) -> bool:
+        return False  # one module, but in two adapter states: never in one batch
+
+    def second_view(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def first_view(self) -> AbstractContextManager:
+        return self.peft_model.disable_adapter()
+
+    @contextmanager
+    def second_view_forward(self) -> Iterator[None]:
+        self.peft_model.base_model.enable_adapter_layers()
+        try:
+            yield
+        finally:
+            self.peft_model.base_model.disable_adapter_layers()
 
 
 class InstructiveContrast(Contrast):
@@ -125,7 +202,7 @@ class InstructiveContrast(Contrast):
         >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
         ...                                      num_hidden_layers=1, num_attention_heads=2)).eval()
         >>> with ContrastProcessor(InstructiveContrast(model, torch.tensor([[1, 9]]), strength=0.3)) as processor:
-        ...     model.generate(torch.tensor([[1, 5, 7]]), logits_processor=[processor], max_new_tokens=3,
+        ...     model.generate(torch.tensor([[1, 5, 7]]), logits_processor=[processor], max_new_tokens=3, min_new_tokens=3,
         ...                    do_sample=False, pad_token_id=0).shape
         torch.Size([1, 6])
     """

@@ -20,7 +20,7 @@ from peft import PeftModel
 from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
 from .contrasts import Contrast, decoding_model
-from .layout import check_left_padded, positions_from_mask
+from .layout import check_left_padded, check_positions, positions_from_mask
 from .recording import OriginalPredictions
 from .stream import ContrastProcessor
 
@@ -36,13 +36,14 @@ class DoubledCache(DynamicCache):
         super().reorder_cache(torch.cat([beam_idx, beam_idx + rows]))
 
 
-class _DoubledForward(LogitsProcessor):
-    """The forward hooks that double ``generate()``'s batch, and the logits processor that combines the halves."""
+class DoubledBatch(LogitsProcessor):
+    """The forward hooks that double ``generate()``'s batch (attached with :meth:`attached`), and the logits processor
+    that combines the halves; :func:`generate_doubled` and :func:`ctd_hf.custom_generate` put them around a loop."""
 
     def __init__(self, contrast: Contrast, record: OriginalPredictions | None) -> None:
         self.contrast, self.record = contrast, record
         self.model = contrast.model
-        self.rows, self.original_pads = 0, 0
+        self.rows, self.original_pads, self.longest = 0, 0, 0
         self.contrast_mask: torch.Tensor | None = None
         self.pending: torch.Tensor | None = None  # the second half's last-position logits, until combined
 
@@ -87,14 +88,17 @@ class _DoubledForward(LogitsProcessor):
             embeds = F.pad(embeds, (0, 0, self.original_pads, 0))
             contrast_embeds = F.pad(contrast_embeds, (0, 0, contrast_pads, 0))
             self.contrast_mask = F.pad(contrast_mask, (contrast_pads, 0), value=0)
+            self.longest = int(torch.cat([mask.sum(dim=1), contrast_mask.sum(dim=1)]).max())
         else:  # one new token per row; the contrast rows' masks only grow (beams reorder within a prompt's rows)
             if input_ids.shape[1] != 1:
                 raise ValueError("generate_doubled() follows generate() one token at a time; assisted/speculative "
                                  "decoding is not supported.")
             contrast_embeds = embeds
             self.contrast_mask = F.pad(self.contrast_mask, (0, 1), value=1)
+            self.longest += 1
         doubled_mask = torch.cat([F.pad(mask, (self.original_pads, 0), value=0), self.contrast_mask])
         doubled_embeds = torch.cat([embeds, contrast_embeds.to(embeds.dtype)])
+        check_positions(self.model, self.longest, "The doubled batch")
         positions = positions_from_mask(doubled_mask)[:, -doubled_embeds.shape[1] :]
         kwargs.update(inputs_embeds=doubled_embeds, attention_mask=doubled_mask, position_ids=positions)
         return (), kwargs
@@ -116,7 +120,7 @@ class _DoubledForward(LogitsProcessor):
         contrast, self.pending = self.pending.to(scores.device), None
         if self.record is not None:
             self.record.add(scores)
-        return self.contrast.combine(scores, contrast)
+        return self.contrast.contrasted_scores(scores, contrast)
 
 
 @torch.no_grad()
@@ -141,24 +145,30 @@ def generate_doubled(
         >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
         ...                                      num_hidden_layers=1, num_attention_heads=2)).eval()
         >>> generate_doubled(model, CTDContrast(model, torch.randn(4, 16), beta=0.3),
-        ...                  input_ids=torch.tensor([[1, 5, 7]]), max_new_tokens=3, do_sample=False,
+        ...                  input_ids=torch.tensor([[1, 5, 7]]), max_new_tokens=3, min_new_tokens=3, do_sample=False,
         ...                  pad_token_id=0).shape
         torch.Size([1, 6])
     """
     if isinstance(contrast, ContrastProcessor):
         record = contrast.record if record is None else record
         contrast = contrast.contrast
-    model = decoding_model(model)
+    if contrast.shares_model:
+        model = decoding_model(model)
     if contrast.model is not model or not contrast.shares_model:
         raise ValueError(
-            f"The doubled batch runs one model; this {type(contrast).__name__} contrasts "
-            f"{type(contrast.contrast_model).__name__} with another model or was built on another model: use the "
-            "stream executor, `with ContrastProcessor(contrast) as p: model.generate(..., logits_processor=[p])`."
+            f"The doubled batch runs both views as one forward of one model; this {type(contrast).__name__} needs two "
+            "(another model, or one model in two adapter states) or was built on another model: use the stream "
+            "executor, `with ContrastProcessor(contrast) as p: model.generate(..., logits_processor=[p])`."
         )
     for unsupported in _UNSUPPORTED:
         if generate_kwargs.get(unsupported) is not None:
-            raise ValueError(f"generate_doubled() does not support `{unsupported}`; use the stream executor "
-                             "(ctd_hf.ContrastProcessor) for it.")
+            raise ValueError(f"generate_doubled() does not support `{unsupported}`: it runs decoder-only models with "
+                             "the default dynamic cache (its own), one token per step. Use the stream executor "
+                             "(ctd_hf.ContrastProcessor) for anything else.")
+    input_ids = generate_kwargs.get("input_ids")
+    if input_ids is None or input_ids.ndim != 2 or input_ids.shape[1] == 0:
+        raise ValueError("generate_doubled() needs `input_ids` of shape (batch, prompt length >= 1), with their "
+                         "left-padded `attention_mask`.")
     if generate_kwargs.get("use_cache") is False:
         raise ValueError("generate_doubled() shares one KV cache between the two halves: use_cache=False is not "
                          "supported.")
@@ -166,7 +176,7 @@ def generate_doubled(
     if record is not None and (generate_kwargs.get("num_beams") or config.num_beams or 1) > 1:
         raise ValueError("Recording the original predictions follows generate()'s rows, which beam search reorders: "
                          "record with greedy decoding or sampling.")
-    doubled = _DoubledForward(contrast, record)
+    doubled = DoubledBatch(contrast, record)
     processors = LogitsProcessorList([doubled, *(generate_kwargs.pop("logits_processor", None) or [])])
     with doubled.attached():
         return model.generate(past_key_values=DoubledCache(config=model.config), logits_processor=processors,

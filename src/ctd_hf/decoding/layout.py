@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from transformers import BatchEncoding, PreTrainedTokenizerBase
+from transformers import BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
 
 
 def check_left_padded(attention_mask: torch.Tensor) -> None:
@@ -20,6 +20,15 @@ def check_left_padded(attention_mask: torch.Tensor) -> None:
             "The batch is right-padded, but generation continues each row at its end: pad on the left "
             "(tokenizer(..., padding_side='left')) so that every row ends with its last prompt token."
         )
+
+
+def check_positions(model: PreTrainedModel, length: int, what: str) -> None:
+    """Refuse a sequence longer than the model's position table (``max_position_embeddings``), where positions would
+    wrap or extrapolate without a word."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit and length > limit:
+        raise ValueError(f"{what} needs {length} positions, more than the model's {limit} (prompt, any soft prefix "
+                         "and the tokens generated so far): shorten the prompt or lower max_new_tokens.")
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ A :class:`DecodingMethod` is a specification: which contrast, with which setting
 from __future__ import annotations
 
 import hashlib
+import math
 import warnings
 from dataclasses import KW_ONLY, InitVar, dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..contrast import check_strength
 from ..prompts import encode_prompt, format_prompt
 from ..training.prefix import resolve_prefix
 from .contrasts import Contrast, ContrastiveDecodingContrast, CTDContrast, InstructiveContrast
@@ -24,6 +26,7 @@ from .noise import NOISE_TYPES, noisy_message
 METHODS = ("od", "id", "cd", "ctd")
 BACKENDS = ("auto", "doubled", "stream")
 DEFAULT_STRENGTH = {"od": 0.0, "id": 0.3, "cd": 1.0, "ctd": 0.3}
+STRENGTH_NAMES = {"od": "strength", "id": "id strength", "cd": "cd beta", "ctd": "beta"}
 
 
 @dataclass
@@ -64,6 +67,33 @@ class DecodingMethod:
             raise ValueError("Contrastive Decoding runs two models, so it has no doubled batch: use backend='stream'.")
         if self.strength is None:
             self.strength = DEFAULT_STRENGTH[self.name]
+        self.strength = check_strength(self.strength, STRENGTH_NAMES[self.name])
+        if self.noise not in NOISE_TYPES:
+            raise ValueError(f"Unknown noise {self.noise!r}; choose one of {NOISE_TYPES}.")
+        if not 0 <= self.noise_rate <= 1:
+            raise ValueError(f"`noise_rate` (the share of words trunc_shuf keeps) must be in [0, 1], got {self.noise_rate}.")
+        if not 0 < self.plausibility <= 1:
+            raise ValueError(f"`plausibility` (CD's alpha) must be in (0, 1], got {self.plausibility}.")
+        if not (math.isfinite(self.amateur_temperature) and self.amateur_temperature > 0):
+            raise ValueError(f"`amateur_temperature` must be a finite number > 0, got {self.amateur_temperature}.")
+        if self.name == "ctd" and not isinstance(self.prefix, torch.Tensor):
+            if not Path(self.prefix, "adapter_model.safetensors").is_file():
+                raise FileNotFoundError(f"The prefix folder {self.prefix} holds no adapter_model.safetensors: point "
+                                        "--prefix at a folder written by `ctd-hf tune`.")
+
+    def check(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Refuse settings that do not fit ``model`` (a prefix trained for another model, an amateur with another
+        vocabulary) before any answer is generated or written."""
+        if self.name == "ctd" and self._prefix_tensor is None:
+            self._prefix_tensor = resolve_prefix(model, self.prefix)
+        if self.name == "cd":
+            ContrastiveDecodingContrast(model, self.amateur, self.plausibility, self.strength, self.amateur_temperature,
+                                        tokenizer=tokenizer)
+
+    @property
+    def prefix_length(self) -> int:
+        """Positions the second view adds before the prompt (CTD's prefix; known after :meth:`check`)."""
+        return 0 if self._prefix_tensor is None else self._prefix_tensor.shape[0]
 
     @property
     def doubled(self) -> bool:
@@ -91,8 +121,7 @@ class DecodingMethod:
     ) -> Contrast | None:
         """The contrast for one batch of single-turn prompts (user messages); ``None`` for plain decoding."""
         if self.name == "ctd":
-            if self._prefix_tensor is None:  # read and checked once, reused for every batch
-                self._prefix_tensor = resolve_prefix(model, self.prefix)
+            self.check(model, tokenizer)  # the prefix is read and checked once, then reused for every batch
             return CTDContrast(model, self._prefix_tensor, self.strength)
         if self.name == "id":
             noisy = [noisy_message(message, self.noise, self.noise_rate) for message in messages]

@@ -11,14 +11,15 @@ re-encodes a sequence it has already seen.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from contextlib import AbstractContextManager, ExitStack, nullcontext
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, LogitsProcessor, PreTrainedModel
 
 from .contrasts import Contrast
-from .layout import check_left_padded, positions_from_mask
+from .layout import check_left_padded, check_positions, positions_from_mask
 from .recording import OriginalPredictions
 
 # Set while any contrast stream runs a forward, so that no processor mistakes it for generate()'s own prompt pass.
@@ -26,18 +27,23 @@ _STREAM_FORWARD = threading.local()
 
 
 class ContrastStream:
-    """Logits of ``model`` on a contrast prompt followed by the tokens generation picks, one step at a time."""
+    """Logits of ``model`` on a contrast prompt followed by the tokens generation picks, one step at a time; each of
+    its forwards runs inside ``forward_context()`` (e.g. with an adapter switched on)."""
 
-    def __init__(self, model: PreTrainedModel) -> None:
-        self.model = model
+    def __init__(
+        self, model: PreTrainedModel, forward_context: Callable[[], AbstractContextManager] = nullcontext
+    ) -> None:
+        self.model, self.forward_context = model, forward_context
         self.cache: DynamicCache | None = None
         self.attention_mask: torch.Tensor | None = None
+        self.longest = 0  # positions used by the longest row
 
     @torch.no_grad()
     def prefill(self, attention_mask: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
         """Encode left-padded contrast prompts (``input_ids`` or ``inputs_embeds``); return last-position logits."""
         self.cache = DynamicCache(config=self.model.config)
         self.attention_mask = attention_mask
+        self.longest = int(attention_mask.sum(dim=1).max())
         return self._forward(position_ids=positions_from_mask(attention_mask), **inputs)
 
     @torch.no_grad()
@@ -47,18 +53,21 @@ class ContrastStream:
             self.cache.reorder_cache(order)
             self.attention_mask = self.attention_mask[order]
         self.attention_mask = F.pad(self.attention_mask, (0, 1), value=1)
+        self.longest += 1
         positions = self.attention_mask.sum(dim=1, keepdim=True) - 1
         return self._forward(input_ids=tokens.unsqueeze(1), position_ids=positions)
 
     def _forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        check_positions(self.model, self.longest, "The contrast stream")
         inputs = {name: tensor.to(self.model.device) for name, tensor in inputs.items()}
         self.attention_mask = self.attention_mask.to(self.model.device)
         _STREAM_FORWARD.active = True
         try:
-            outputs = self.model(
-                attention_mask=self.attention_mask, past_key_values=self.cache, use_cache=True, logits_to_keep=1,
-                **inputs,
-            )
+            with self.forward_context():
+                outputs = self.model(
+                    attention_mask=self.attention_mask, past_key_values=self.cache, use_cache=True, logits_to_keep=1,
+                    **inputs,
+                )
         finally:
             _STREAM_FORWARD.active = False
         self.cache = outputs.past_key_values
@@ -86,7 +95,7 @@ class ContrastProcessor(LogitsProcessor):
         >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
         ...                                      num_hidden_layers=1, num_attention_heads=2)).eval()
         >>> with ContrastProcessor(CTDContrast(model, torch.randn(4, 16), beta=0.3)) as processor:
-        ...     model.generate(torch.tensor([[1, 5, 7]]), logits_processor=[processor], max_new_tokens=3,
+        ...     model.generate(torch.tensor([[1, 5, 7]]), logits_processor=[processor], max_new_tokens=3, min_new_tokens=3,
         ...                    do_sample=False, pad_token_id=0).shape
         torch.Size([1, 6])
     """
@@ -96,8 +105,9 @@ class ContrastProcessor(LogitsProcessor):
             raise TypeError(f"ContrastProcessor needs a ctd_hf.Contrast, got {type(contrast).__name__}.")
         self.contrast = contrast
         self.record = record
-        self.stream = ContrastStream(contrast.contrast_model)
+        self.stream = ContrastStream(contrast.contrast_model, contrast.second_view_forward)
         self._hook: Any = None
+        self._views = ExitStack()
         self._sequences: torch.Tensor | None = None
         self._prompt: dict[str, Any] | None = None
         self._several_tokens = False
@@ -112,11 +122,13 @@ class ContrastProcessor(LogitsProcessor):
         if self._hook is not None:
             raise RuntimeError(f"This {type(self).__name__} is already in use in a `with` block.")
         self._hook = self.model.register_forward_pre_hook(self._record_prompt, with_kwargs=True)
+        self._views.enter_context(self.contrast.first_view())
         self._sequences, self._forwards = None, 0
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self._hook.remove()
+        self._views.close()
         self._hook = None
         self._prompt = None
 
@@ -128,6 +140,9 @@ class ContrastProcessor(LogitsProcessor):
             return
         self._forwards += 1
         cache = kwargs.get("past_key_values")
+        if cache is not None and not isinstance(cache, DynamicCache):
+            self._prompt = {"cache": type(cache).__name__}
+            return
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         if cache is not None and cache.get_seq_length() > 0:
             self._several_tokens = self._several_tokens or (input_ids is not None and input_ids.shape[1] > 1)
@@ -143,7 +158,7 @@ class ContrastProcessor(LogitsProcessor):
         contrast = self._advance(input_ids).to(scores.device)
         if self.record is not None:
             self.record.add(scores)
-        return self.contrast.combine(scores, contrast)
+        return self.contrast.contrasted_scores(scores, contrast)
 
     def _advance(self, input_ids: torch.Tensor) -> torch.Tensor:
         name = type(self).__name__
@@ -154,6 +169,11 @@ class ContrastProcessor(LogitsProcessor):
             )
         if self._prompt is not None:  # a new generate() call has just encoded its prompt
             prompt, self._prompt = self._prompt, None
+            if "cache" in prompt:
+                raise ValueError(
+                    f"{name} got generate() with a {prompt['cache']}: it supports decoder-only models with the "
+                    "default dynamic cache. Drop cache_implementation / past_key_values from the generate() call."
+                )
             if "inputs_embeds" in prompt:
                 raise ValueError(
                     f"{name} needs `input_ids`; generating from `inputs_embeds` is not supported. (A prompt-tuning "

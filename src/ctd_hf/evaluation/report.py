@@ -1,5 +1,5 @@
 """Reports from written predictions: ``report.json`` (every number and the settings), ``report.md`` (each task's own
-section, then token changes) and PNG charts."""
+section and its statistics, then token changes) and PNG charts."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import Any
 from .._version import __version__
 from ..records import write_json
 from .analysis import BINS, token_changes
-from .plots import token_change_histograms
+from ..plots import token_change_histograms
+from .statistics import RESAMPLES, task_statistics
 from .tasks import ScoreContext, get_task
 
 
@@ -27,9 +28,17 @@ def build_report(
     results: dict[str, tuple[list[dict], dict[str, dict[str, dict]]]],
     run_settings: dict[str, Any],
     model_name: str,
+    *,
+    resamples: int = RESAMPLES,
+    bootstrap_seed: int = 0,
 ) -> dict:
     """Score ``results`` (task -> (items, method -> item id -> prediction record)) and write ``report.json``
-    (every number and ``run_settings``), ``report.md`` and the PNG charts into ``output_dir``."""
+    (every number and ``run_settings``), ``report.md`` and the PNG charts into ``output_dir``.
+
+    Tasks with per-instance scores also get ``result["statistics"]`` (:func:`~.statistics.task_statistics`: bootstrap
+    intervals, paired tests between methods, per-group sign tests) from ``resamples`` resamples seeded with
+    ``bootstrap_seed``.
+    """
     output_dir = Path(output_dir)
     report: dict[str, Any] = {"settings": {"model": model_name, **run_settings, "versions": _versions()},
                               "benchmarks": {}}
@@ -42,8 +51,12 @@ def build_report(
                 raise ValueError(f"{name}/{method} lacks predictions for {len(missing)} items (e.g. {missing[0]}): "
                                  "run the evaluation to completion first.")
         records = {method: [found[i["id"]] for i in items] for method, found in predictions.items()}
-        result = task.score(items, {method: [r["prediction"] for r in rows] for method, rows in records.items()},
-                            context)
+        answers = {method: [r["prediction"] for r in rows] for method, rows in records.items()}
+        result = task.score(items, answers, context)
+        if task.instance_scores is not None:
+            scores = {method: task.instance_scores(items, found) for method, found in answers.items()}
+            result["statistics"] = task_statistics(scores, [i["group"] for i in items], task.primary_metric,
+                                                   resamples=resamples, seed=bootstrap_seed)
         changes = {method: token_changes(rows) for method, rows in records.items() if any("original" in r for r in rows)}
         if changes:
             result["token_changes"] = changes
@@ -58,10 +71,12 @@ def build_report(
 
 
 def markdown_report(report: dict) -> str:
-    """Each task's Markdown section (in the order run), then the token-change tables."""
+    """Each task's Markdown section (in the order run) followed by its statistics, then the token-change tables."""
     lines = [f"# Evaluation of {report['settings']['model']}", ""]
     for name, result in report["benchmarks"].items():
         lines += get_task(name).markdown(result)
+        if "statistics" in result:
+            lines += statistics_markdown(name, result["statistics"])
     for name, result in report["benchmarks"].items():
         if "token_changes" in result:
             lines += [f"## Token changes on {name}", "",
@@ -74,3 +89,47 @@ def markdown_report(report: dict) -> str:
                              + " | ".join("-" if m is None else f"{m:.3f}" for m in means) + " |")
             lines.append("")
     return "\n".join(lines)
+
+
+def _groups(count: int) -> str:
+    return f"{count} group" if count == 1 else f"{count} groups"
+
+
+def _verdict(a: str, b: str, low: float, high: float) -> str:
+    if low > 0:
+        return f"{a} is better than {b} (the interval excludes 0)"
+    if high < 0:
+        return f"{b} is better than {a} (the interval excludes 0)"
+    return "within noise (the interval includes 0)"
+
+
+def statistics_markdown(name: str, statistics: dict) -> list[str]:
+    """A task's statistics as Markdown: each method's means with their intervals, then per pair every metric's
+    difference with its interval, p-value and verdict in words, and the per-group wins with the sign test."""
+    level = f"{statistics['confidence']:.0%}"
+    metrics = list(next(iter(statistics["methods"].values())))
+    primary = statistics["primary"]
+    lines = [f"## {name}: statistics ({statistics['instances']} instances, {_groups(statistics['groups'])})", "",
+             f"Means over instances with {level} percentile-bootstrap intervals ({statistics['resamples']} resamples "
+             f"of the instances, seed {statistics['seed']}):", "",
+             "| Method | " + " | ".join(metrics) + " |", "|" + "---|" * (len(metrics) + 1)]
+    for method, values in statistics["methods"].items():
+        cells = [f"{v['mean']:.2f} [{v['low']:.2f}, {v['high']:.2f}]" for v in (values[k] for k in metrics)]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines.append("")
+    if not statistics["pairs"]:
+        return lines
+    lines += [f"Paired differences a - b over the same instances, with {level} paired-bootstrap intervals and "
+              "two-sided paired-bootstrap p-values; per group, a's wins, losses and ties on the group mean of "
+              f"{primary}, with an exact sign test over wins and losses (ties dropped):", ""]
+    for pair, values in statistics["pairs"].items():
+        a, b = values["a"], values["b"]
+        for metric, d in values["differences"].items():
+            lines.append(f"- {pair} = {d['difference']:+.2f} {metric} [{d['low']:+.2f}, {d['high']:+.2f}], "
+                         f"p = {d['p_value']:.2g}: {_verdict(a, b, d['low'], d['high'])}.")
+        g = values["by_group"]
+        sign = ("no sign test (fewer than 2 groups)" if g["sign_test_p"] is None
+                else f"sign test p = {g['sign_test_p']:.2g}")
+        lines.append(f"- {a} vs {b} per group ({g['metric']}): wins {g['wins']}, losses {g['losses']}, "
+                     f"ties {g['ties']} of {_groups(statistics['groups'])}; {sign}.")
+    return lines + [""]

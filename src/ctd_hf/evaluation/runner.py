@@ -1,6 +1,6 @@
 """The evaluation runner: every method on every task, predictions written as they are produced.
 
-Predictions go to ``<output_dir>/predictions/<task>/<method>.<rank>.jsonl`` batch by batch, so a killed run restarted
+Predictions go to ``<output_dir>/predictions/<task>/<method>/rank-<rank>.jsonl`` batch by batch, so a killed run restarted
 with the same settings answers only what is missing; under ``accelerate launch`` rank ``r`` answers the items whose
 index is ``r`` modulo the number of processes. Scoring and reports (:mod:`ctd_hf.evaluation.report`) read the files.
 """
@@ -20,11 +20,15 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..decoding.batch import generate_for_messages
 from ..decoding.methods import DecodingMethod
 from ..decoding.recording import OriginalPredictions
+from ..decoding.batch import check_prompt_lengths
 from ..distributed import process_state
+from ..models import fingerprint
 from ..prompts import encode_prompt, format_prompt
 from ..records import append_records, read_records, write_json
 from .report import build_report
 from .tasks import Task, get_task
+
+SETTINGS_FORMAT = 3  # the layout of the output folder; folders of another layout are not resumed
 
 
 @dataclass(kw_only=True)
@@ -78,10 +82,10 @@ def predict(
 ) -> Path:
     """Write this process's share of ``method``'s predictions on ``task``, resuming what is already written."""
     state = process_state()
-    folder = Path(output_dir) / "predictions" / task.name
-    path = folder / f"{name}.{state.process_index}.jsonl"
+    folder = Path(output_dir) / "predictions" / task.name / name
+    path = folder / f"rank-{state.process_index}.jsonl"
     read_records(path, repair=True)
-    done = {record["id"] for shard in folder.glob(f"{name}.*.jsonl") for record in read_records(shard)}
+    done = {record["id"] for shard in folder.glob("rank-*.jsonl") for record in read_records(shard)}
     mine = [item for index, item in enumerate(items) if index % state.num_processes == state.process_index]
     todo = [item for item in mine if item["id"] not in done]
     if task.truncate_input:
@@ -123,18 +127,39 @@ def predict(
 
 def collect_predictions(output_dir: str | Path, task: str, name: str) -> dict[str, dict]:
     """All processes' predictions of one method on one task, by item id."""
-    folder = Path(output_dir) / "predictions" / task
-    return {record["id"]: record for path in sorted(folder.glob(f"{name}.*.jsonl")) for record in read_records(path)}
+    folder = Path(output_dir) / "predictions" / task / name
+    return {record["id"]: record for path in sorted(folder.glob("rank-*.jsonl")) for record in read_records(path)}
 
 
-def run_settings(methods: dict[str, DecodingMethod], settings: EvalSettings, seed: int) -> dict[str, Any]:
-    """Everything that decides the answers, as JSON-ready values (the resume key and the report's settings)."""
+def run_settings(
+    methods: dict[str, DecodingMethod], settings: EvalSettings, seed: int, model: PreTrainedModel, model_name: str
+) -> dict[str, Any]:
+    """Everything that decides the answers, as JSON-ready values (the resume key and the report's settings): the
+    model (name, dtype and a fingerprint of its weights), every method's settings and every task option."""
     tasks = [get_task(name) for name in settings.benchmarks]
     common = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if f.name != "options"}
     options = {task.name: dataclasses.asdict(settings.task_options(task)) for task in tasks}
-    values = {"seed": seed, "methods": {n: m.settings() for n, m in methods.items()},
-              "eval": {**common, "options": options}}
+    values = {"format": SETTINGS_FORMAT, "seed": seed,
+              "model": {"name": model_name, "dtype": str(model.dtype), "fingerprint": fingerprint(model)},
+              "methods": {n: m.settings() for n, m in methods.items()}, "eval": {**common, "options": options}}
     return json.loads(json.dumps(values, default=str))
+
+
+def _prompts_that_fit(
+    task: Task, settings: EvalSettings, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+    methods: dict[str, DecodingMethod],
+) -> list[dict]:
+    """The task's items, refusing (before any answer is written) one whose prompt, cut to the source budget, cannot
+    fit the model's positions with the answer and a CTD prefix."""
+    items = task.load(settings.task_options(task))
+    if not items:
+        raise ValueError(f"Task {task.name} gave no item with these options: nothing to evaluate.")
+    prefix = max((m.prefix_length for m in methods.values()), default=0)
+    messages = [truncate_message(i["message"], tokenizer, settings.max_source_tokens) if task.truncate_input
+                else i["message"] for i in items]
+    check_prompt_lengths(model, tokenizer, messages, settings.prompt_format, settings.new_tokens(task), prefix,
+                         fix=f"lower max_source_tokens ({settings.max_source_tokens}) or the new-token budget")
+    return items
 
 
 def run_evaluation(
@@ -152,10 +177,20 @@ def run_evaluation(
     returns it (the others return None).
     """
     state = process_state()
+    if not settings.benchmarks:
+        raise ValueError("No benchmark to run: name at least one task (ctd_hf.evaluation.tasks.task_names()).")
+    if not methods:
+        raise ValueError("No method to run: give at least one DecodingMethod.")
+    for name in methods:
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"Method label {name!r} names a folder of predictions: use a non-empty label without '/'.")
     tasks = [get_task(name) for name in settings.benchmarks]
-    current = run_settings(methods, settings, seed)
+    # Everything that can be refused is refused before anything is written.
+    for method in methods.values():
+        method.check(model, tokenizer)
+    items = {task.name: _prompts_that_fit(task, settings, model, tokenizer, methods) for task in tasks}
+    current = run_settings(methods, settings, seed, model, model_name)
     _check_resumable(Path(output_dir), current, tasks, state.is_main_process)
-    items = {task.name: task.load(settings.task_options(task)) for task in tasks}
     for task in tasks:
         for name, method in methods.items():
             predict(model, tokenizer, name, method, task, items[task.name], settings, output_dir)
@@ -174,14 +209,29 @@ def _resume_key(values: dict, tasks: list[Task]) -> dict:
     return {**{k: v for k, v in values["eval"].items() if k not in ("benchmarks", "options")}, "options": options}
 
 
+def _answer_key(method: dict) -> dict:
+    """A method's settings that decide its answers: a prefix counts by its weights' hash, not by where it lies."""
+    return {k: v for k, v in method.items() if not (k == "prefix" and method.get("prefix_sha256"))}
+
+
 def _check_resumable(output_dir: Path, current: dict, tasks: list[Task], is_main_process: bool) -> None:
-    """Refuse to add predictions to a folder written with other settings (a method's settings, the prompt format, the
-    token limits...): a resumed run must not mix them. More methods or tasks than before are fine."""
+    """Refuse to add predictions to a folder written with other settings (another model, a method's settings, the
+    prompt format, the token limits...): a resumed run must not mix them. More methods or tasks than before are fine."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(f"The output folder {output_dir} is a file: choose another --output-dir.")
     path = output_dir / "eval_settings.json"
     if path.is_file():
         previous = json.loads(path.read_text())
+        if previous.get("format") != SETTINGS_FORMAT:
+            raise ValueError(f"{output_dir} was written by another version of ctd_hf: use a new --output-dir.")
+        if previous["model"] != current["model"]:
+            raise ValueError(f"{output_dir} holds predictions of another model ({previous['model']['name']}, "
+                             f"{previous['model']['dtype']}, weights {previous['model']['fingerprint'][:12]}; now "
+                             f"{current['model']['name']}, {current['model']['dtype']}, weights "
+                             f"{current['model']['fingerprint'][:12]}): use a new --output-dir.")
         shared = set(previous["methods"]) & set(current["methods"])
-        changed = [f"method {n}" for n in sorted(shared) if previous["methods"][n] != current["methods"][n]]
+        changed = [f"method {n}" for n in sorted(shared)
+                   if _answer_key(previous["methods"][n]) != _answer_key(current["methods"][n])]
         old, new = _resume_key(previous, tasks), _resume_key(current, tasks)
         changed += [key for key, value in new.items() if key != "options" and old.get(key) != value]
         changed += [f"{name} options" for name, value in new["options"].items()

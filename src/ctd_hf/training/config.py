@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from ..contrast import check_strength
+from ..prompts import PROMPT_FORMATS
 
 
 @dataclass(kw_only=True)
@@ -20,6 +21,13 @@ class CTDConfig(TrainingArguments):
             Contrast strength of the loss, the cross-entropy of ``softmax(z - alpha * z~)`` against the labels. 0 is
             the plain loss, which gives the prefix no gradient.
 
+        > Data preparation (when ``CTDTrainer`` gets raw SFT rows rather than tokenised ones)
+
+        prompt_format (`str`, *optional*, defaults to `"chatml"`):
+            How prompts are rendered (``ctd_hf.PROMPT_FORMATS``); decoding must use the same.
+        max_length (`int`, *optional*, defaults to `512`):
+            Tokens per example; longer examples lose their end.
+
         > Parameters that control the training (defaults follow the CTD paper)
 
         learning_rate (`float`, *optional*, defaults to `9e-4`):
@@ -31,6 +39,8 @@ class CTDConfig(TrainingArguments):
     """
 
     alpha: float = field(default=0.3, metadata={"help": "Contrast strength in softmax(z - alpha * z~)."})
+    prompt_format: str = field(default="chatml", metadata={"help": "Prompt format of raw SFT rows."})
+    max_length: int = field(default=512, metadata={"help": "Tokens per example of raw SFT rows."})
     learning_rate: float = field(default=9e-4, metadata={"help": "AdamW learning rate of the adapter."})
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep the collator's columns (the PeftModel's forward does not list them)."}
@@ -38,4 +48,6 @@ class CTDConfig(TrainingArguments):
 
     def __post_init__(self) -> None:
         self.alpha = check_strength(self.alpha, "alpha")
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ValueError(f"Unknown prompt_format {self.prompt_format!r}; choose one of {PROMPT_FORMATS}.")
         super().__post_init__()

@@ -13,31 +13,69 @@ from torch.nn.utils.rnn import pad_sequence
 from transformers import PreTrainedTokenizerBase
 
 from ..contrast import IGNORE_INDEX
+from ..models import looks_like_path
 from ..prompts import encode_prompt, format_completion, format_prompt
+from ..records import load_json_records
 
-_ALPACA_FIELDS = ("instruction", "output")
+_FORMS = ("`messages` (chat form), `instruction` and `output` (Alpaca form), or `prompt` and `completion` (TRL's "
+          "prompt-completion form, strings or message lists)")
 
 
-def _alpaca_to_messages(example: dict) -> dict:
+def _to_messages(example: dict) -> dict:
+    """One example in any supported form as ``{"messages": [...]}``, the last message the assistant's answer."""
+    if "messages" in example:
+        return {"messages": example["messages"]}
+    if "prompt" in example:
+        prompt, completion = example["prompt"], example["completion"]
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        answer = [{"role": "assistant", "content": completion}] if isinstance(completion, str) else list(completion)
+        return {"messages": messages + answer}
     messages = [{"role": "user", "content": example["instruction"], "input": example.get("input") or ""}]
     if example.get("system"):
-        messages.insert(0, {"role": "system", "content": example["system"], "input": ""})
-    return {"messages": messages + [{"role": "assistant", "content": example["output"], "input": ""}]}
+        messages.insert(0, {"role": "system", "content": example["system"]})
+    return {"messages": messages + [{"role": "assistant", "content": example["output"]}]}
+
+
+def _check_example(example: dict) -> None:
+    """Refuse an example in none of the supported forms, or one without an answer."""
+    if not isinstance(example, dict):
+        raise ValueError(f"an SFT example is a JSON object, got {type(example).__name__}.")
+    forms = {"messages": ("messages",), "prompt": ("prompt", "completion"), "instruction": ("instruction", "output")}
+    form = next((fields for key, fields in forms.items() if key in example), None)
+    if form is None:
+        raise ValueError(f"the example has fields {sorted(example)}; it needs {_FORMS}.")
+    missing = [name for name in form if example.get(name) in (None, "", [])]
+    if missing:
+        raise ValueError(f"the example has {sorted(example)}, missing {missing}.")
+    messages = _to_messages(example)["messages"]
+    if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m and isinstance(m.get("content"), str)
+                                                 for m in messages):
+        raise ValueError("messages must be a list of {role, content} objects with string content.")
+    if messages[-1]["role"] != "assistant" or not messages[-1]["content"].strip():
+        raise ValueError("the example must end with a non-empty assistant answer.")
 
 
 def _read(source: str | Path | datasets.Dataset, split: str) -> datasets.Dataset:
+    if isinstance(source, datasets.DatasetDict):
+        if split not in source:
+            raise ValueError(f"The DatasetDict has splits {sorted(source)}, not {split!r}: pass `split=`.")
+        return source[split]
     if isinstance(source, datasets.Dataset):
         return source
-    if isinstance(source, datasets.DatasetDict):
-        return source[split]
-    path = Path(source)
+    path = Path(source).expanduser()
     if path.is_file():
-        builder = "json" if path.suffix in (".json", ".jsonl", ".gz") else path.suffix.lstrip(".")
-        return datasets.load_dataset(builder, data_files=str(path), split="train")
+        # Read here rather than by datasets' json builder, whose errors do not say which line is wrong.
+        return datasets.Dataset.from_list([_to_messages(r) for r in load_json_records(path, _check_example)])
     if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
-        loaded = datasets.load_from_disk(str(path))
-        return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
-    return datasets.load_dataset(str(source), split=split)
+        return _read(datasets.load_from_disk(str(path)), split)
+    if path.is_dir() or looks_like_path(str(source)):
+        raise FileNotFoundError(f"{path} is neither a data file (JSON/JSONL) nor a folder written by `save_to_disk`."
+                                if path.is_dir() else f"{path} does not exist.")
+    try:
+        return datasets.load_dataset(str(source), split=split)
+    except Exception as error:  # the Hub's errors vary; say what was tried
+        raise ValueError(f"{source!r} is not a local file or folder, and loading it as a dataset name failed "
+                         f"({type(error).__name__}: {error}).") from None
 
 
 def load_sft_data(
@@ -49,25 +87,24 @@ def load_sft_data(
     """Load SFT examples as a dataset with one ``messages`` column (the last message is the assistant's answer).
 
     ``source`` is a JSON/JSONL file, a folder written by ``save_to_disk``, a ``datasets.Dataset`` or a dataset name,
-    in Alpaca form (``instruction``, optional ``input``/``system``, ``output``) or chat form (``messages``).
-    ``fraction`` in (0, 1] keeps a seeded random sample (the paper tunes on 1-10% of the SFT set).
+    with examples in chat form (``messages``), Alpaca form (``instruction``, optional ``input``/``system``,
+    ``output``) or TRL's prompt-completion form (``prompt`` and ``completion``: strings, read as a user message and
+    the answer, or message lists). ``fraction`` in (0, 1] keeps a seeded random sample (the paper tunes on 1-10% of
+    the SFT set).
     """
-    if not 0 < fraction <= 1:
-        raise ValueError(f"`fraction` must be in (0, 1], got {fraction}.")
+    if not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise ValueError(f"`fraction` must be in (0, 1], got {fraction!r}.")
     dataset = _read(source, split)
     if len(dataset) == 0:
-        raise ValueError(f"The SFT data {source} is empty.")
-    columns = set(dataset.column_names)
-    if "messages" in columns:
-        dataset = dataset.select_columns(["messages"])
-    elif columns.issuperset(_ALPACA_FIELDS):
-        dataset = dataset.map(_alpaca_to_messages, remove_columns=dataset.column_names)
-    else:
-        missing = sorted(set(_ALPACA_FIELDS) - columns)
-        raise ValueError(
-            f"The SFT data {source} has columns {sorted(columns)}: it needs `messages` (chat form) or "
-            f"`instruction` and `output` (Alpaca form); missing {missing}."
-        )
+        raise ValueError(f"The SFT data {source} is empty: it holds no example.")
+    if "messages" not in dataset.column_names:
+        for example in dataset.select(range(min(len(dataset), 100))):  # the columns say the form; check a sample
+            try:
+                _check_example(example)
+            except ValueError as error:
+                raise ValueError(f"The SFT data {source}: {error}") from None
+        dataset = dataset.map(_to_messages, remove_columns=dataset.column_names)
+    dataset = dataset.select_columns(["messages"])
     if fraction < 1:
         count = max(1, math.ceil(fraction * len(dataset)))
         dataset = dataset.shuffle(seed=seed).select(range(count))
@@ -85,6 +122,9 @@ def tokenize_sft(
     Sequences longer than ``max_length`` lose their end; an example whose answer is cut away entirely (its prompt
     fills ``max_length``) is dropped, and no example left is an error.
     """
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+        raise ValueError(f"`max_length` must be an integer >= 2 (a prompt token and an answer token), got "
+                         f"{max_length!r}.")
 
     def encode(example: dict) -> dict:
         messages = example["messages"]
@@ -118,6 +158,11 @@ class RightPaddingCollator:
     """
 
     pad_token_id: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.pad_token_id, bool) or not isinstance(self.pad_token_id, int):
+            raise ValueError(f"RightPaddingCollator needs an integer `pad_token_id`, got {self.pad_token_id!r}: the "
+                             "tokenizer has no pad token? Set tokenizer.pad_token = tokenizer.eos_token first.")
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         def pad(key: str, value: int) -> torch.Tensor:

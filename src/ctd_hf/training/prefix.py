@@ -51,16 +51,17 @@ def add_soft_prefix(
     """
     if init not in _INITS:
         raise ValueError(f"Unknown prefix init {init!r}; choose one of {sorted(_INITS)}.")
-    if num_virtual_tokens < 1:
-        raise ValueError(f"`num_virtual_tokens` must be >= 1, got {num_virtual_tokens}.")
+    if isinstance(num_virtual_tokens, bool) or not isinstance(num_virtual_tokens, int) or num_virtual_tokens < 1:
+        raise ValueError(f"`num_virtual_tokens` must be an integer >= 1, got {num_virtual_tokens!r}.")
     text_kwargs: dict[str, Any] = {}
     if init == "text":
         if not init_text:
             raise ValueError('init="text" needs `init_text`, the text whose token embeddings start the prefix.')
-        text_kwargs = {
-            "prompt_tuning_init_text": init_text,
-            "tokenizer_name_or_path": tokenizer_name_or_path or model.name_or_path,
-        }
+        tokenizer_name_or_path = tokenizer_name_or_path or model.name_or_path
+        if not tokenizer_name_or_path:
+            raise ValueError('init="text" tokenises `init_text` with the model\'s tokenizer, but this model has no '
+                             "name_or_path (it was built from a config): pass `tokenizer_name_or_path`.")
+        text_kwargs = {"prompt_tuning_init_text": init_text, "tokenizer_name_or_path": tokenizer_name_or_path}
     config = PromptTuningConfig(
         task_type=TaskType.CAUSAL_LM,
         num_virtual_tokens=num_virtual_tokens,
@@ -185,4 +186,12 @@ def resolve_prefix(model: PreTrainedModel, prefix: str | Path | PeftModel | torc
             f"A prefix of shape {tuple(embeddings.shape)} does not fit a model of hidden size {hidden_size}; "
             "it needs shape (num_virtual_tokens, hidden_size). Use a prefix trained for this model."
         )
-    return embeddings.detach().to(device=model.device, dtype=model.dtype)
+    if embeddings.shape[0] == 0:
+        raise AdapterMismatchError("The prefix has no virtual tokens (shape (0, hidden)); use a tuned prefix.")
+    embeddings = embeddings.detach().to(device=model.device, dtype=model.dtype)
+    if not torch.isfinite(embeddings).all():
+        raise AdapterMismatchError(
+            f"The prefix holds NaN or infinite values (in {model.dtype} on this model), so every contrasted score "
+            "would be NaN. Retrain it (a diverged run? lower the learning rate) or restore it from a checkpoint."
+        )
+    return embeddings

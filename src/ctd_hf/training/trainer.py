@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from typing import Any
 
+import datasets
 import torch
-from peft import PeftModel
-from transformers import Trainer
+from peft import PeftConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, Trainer
+from transformers.trainer_pt_utils import nested_gather
 
-from ..contrast import contrastive_token_loss, label_positions
+from ..contrast import IGNORE_INDEX, contrastive_token_loss, label_positions, token_loss
+from ..models import model_id, resolve_model_path
 from .config import CTDConfig
+from .data import RightPaddingCollator, load_sft_data, tokenize_sft
 from .prefix import write_card
 
 
@@ -41,20 +46,51 @@ class CTDTrainer(Trainer):
         1
     """
 
-    def __init__(self, model: PeftModel, args: CTDConfig, **kwargs: Any) -> None:
-        if not isinstance(model, PeftModel):
-            raise TypeError(
-                "CTDTrainer trains a correction adapter: pass `add_soft_prefix(model)` or a peft LoRA model "
-                f"(`get_peft_model(model, LoraConfig(...))`), not a {type(model).__name__}."
-            )
+    def __init__(
+        self,
+        model: PeftModel | PreTrainedModel | str,
+        args: CTDConfig | None = None,
+        data_collator: Any = None,
+        train_dataset: datasets.Dataset | None = None,
+        eval_dataset: datasets.Dataset | None = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        peft_config: PeftConfig | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(model, str):
+            path = resolve_model_path(model)
+            model = AutoModelForCausalLM.from_pretrained(path)
+            processing_class = processing_class or AutoTokenizer.from_pretrained(path)
+        if args is None:
+            args = CTDConfig(output_dir=f"{model_id(model) or 'model'}-CTD")
         if not isinstance(args, CTDConfig):
             raise TypeError("CTDTrainer needs a CTDConfig (TrainingArguments with `alpha`) as `args`.")
-        super().__init__(model=model, args=args, **kwargs)
+        if peft_config is not None:
+            if isinstance(model, PeftModel):
+                raise ValueError("The model already holds a peft adapter: pass either a PeftModel or `peft_config`.")
+            model = get_peft_model(model, peft_config)
+        if not isinstance(model, PeftModel):
+            raise TypeError(
+                "CTDTrainer trains a correction adapter: pass `peft_config=PromptTuningConfig(...)` (or LoraConfig), "
+                f"or a model wrapped by `add_soft_prefix(model)` or `get_peft_model`, not a bare {type(model).__name__}."
+            )
+        if args.alpha == 0:
+            warnings.warn("alpha=0 makes the loss the plain SFT loss, which gives the adapter no gradient: training "
+                          "will not change it. Use alpha > 0 (the paper uses 0.3).", UserWarning, stacklevel=2)
+        train_dataset = _prepared(train_dataset, "train_dataset", processing_class, args)
+        eval_dataset = _prepared(eval_dataset, "eval_dataset", processing_class, args)
+        if data_collator is None:
+            data_collator = RightPaddingCollator(_pad_id(processing_class))
+        super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
+                         eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
         # transformers' causal LMs take `logits_to_keep` (an int, or a 1D tensor of positions) to skip the vocabulary
         # projection elsewhere; compute_loss uses it when the model has it.
         self._logits_to_keep = "logits_to_keep" in inspect.signature(model.get_base_model().forward).parameters
         # compute_loss normalises by the token count of the whole accumulated batch, as a causal LM's own loss does.
         self.model_accepts_loss_kwargs = True
+        # The original model's loss on the same batches, logged beside the contrastive loss (see `log`).
+        self._original_loss = torch.zeros(())
+        self._original_total, self._logged_step, self._first_step = 0.0, None, None
 
     def compute_loss(
         self,
@@ -87,16 +123,79 @@ class CTDTrainer(Trainer):
         correction = _at_labels(outputs.logits, keep)
         if not return_outputs:
             outputs = None
-        loss = contrastive_token_loss(logits, correction, labels[:, 1:][keep], self.args.alpha, num_items_in_batch)
+        targets = labels[:, 1:][keep]
+        if model.training:  # before the contrast below overwrites `logits` in place
+            if self._first_step is None:  # the first step of this train() call (a resumed run starts later)
+                self._first_step = self._logged_step = self.state.global_step
+            with torch.no_grad():
+                self._original_loss = self._original_loss.to(logits.device) + token_loss(logits, targets,
+                                                                                          num_items_in_batch)
+        loss = contrastive_token_loss(logits, correction, targets, self.args.alpha, num_items_in_batch)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # num_items_in_batch counts every process's tokens and DDP averages gradients: undo the average.
             loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
 
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """Trainer's log, plus ``original_loss`` (the model without the adapter on the same batches) and ``loss_gap``
+        (contrastive minus original: the adapter is learning when it falls below 0), per logging window and, at the
+        end, over the run (``train_original_loss``, ``train_loss_gap``)."""
+        if self._first_step is not None and ("loss" in logs or "train_loss" in logs):
+            window = nested_gather(self._original_loss.detach(), self.args.parallel_mode).mean().item()  # since last log
+            self._original_total += window
+            self._original_loss = torch.zeros(())
+            if "loss" in logs:
+                logs["original_loss"] = round(window / max(self.state.global_step - self._logged_step, 1), 4)
+                logs["loss_gap"] = round(logs["loss"] - logs["original_loss"], 4)
+                self._logged_step = self.state.global_step
+            else:
+                steps = max(self.state.global_step - self._first_step, 1)
+                logs["train_original_loss"] = self._original_total / steps
+                logs["train_loss_gap"] = logs["train_loss"] - logs["train_original_loss"]
+                self._original_total, self._first_step = 0.0, None
+        super().log(logs, *args, **kwargs)
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Save the adapter in peft's layout (Trainer's own code), plus the ``ctd_hf.json`` card the loader checks."""
         super()._save(output_dir, state_dict)
         write_card(output_dir or self.args.output_dir, self.accelerator.unwrap_model(self.model), alpha=self.args.alpha)
+
+
+def _prepared(
+    dataset: datasets.Dataset | None, name: str, tokenizer: PreTrainedTokenizerBase | None, args: CTDConfig
+) -> datasets.Dataset | None:
+    """``dataset`` tokenised for the loss (raw SFT rows are tokenised with ``args.prompt_format`` and
+    ``args.max_length``), refusing data that would train nothing."""
+    if dataset is None:
+        return None
+    if not isinstance(dataset, datasets.Dataset):
+        return dataset  # an iterable or torch dataset: the user's own pipeline, taken as tokenised
+    if "input_ids" not in dataset.column_names:
+        if tokenizer is None:
+            raise ValueError(f"`{name}` holds raw SFT examples (no `input_ids`): pass `processing_class=tokenizer` "
+                             "to tokenise them, or tokenise with ctd_hf.tokenize_sft first.")
+        dataset = tokenize_sft(load_sft_data(dataset), tokenizer, args.prompt_format, args.max_length)
+    if len(dataset) == 0:
+        raise ValueError(f"`{name}` is empty: there is nothing to train on.")
+    missing = sorted({"input_ids", "attention_mask", "labels"} - set(dataset.column_names))
+    if missing:
+        raise ValueError(f"`{name}` lacks the columns {missing}: tokenise SFT data with ctd_hf.tokenize_sft, which "
+                         "puts labels on the answers.")
+    if not any(label != IGNORE_INDEX for labels in dataset["labels"] for label in labels[1:]):
+        raise ValueError(f"Every label of `{name}` is -100: the loss has no token to predict and nothing would "
+                         "train. Labels must mark the answer tokens (ctd_hf.tokenize_sft does).")
+    return dataset
+
+
+def _pad_id(tokenizer: PreTrainedTokenizerBase | None) -> int:
+    """The id right padding uses (its value is masked out, so the EOS id serves when there is no pad token)."""
+    if tokenizer is None:
+        raise ValueError("CTDTrainer needs `data_collator=ctd_hf.RightPaddingCollator(pad_token_id)` or "
+                         "`processing_class=tokenizer` to pad batches.")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError("The tokenizer has neither a pad nor an EOS token: set tokenizer.pad_token first.")
+    return pad
 
 
 def _at_labels(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

@@ -13,13 +13,16 @@ Instructive Decoding can damage one and keep the other); ``group`` is the SuperN
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import importlib
-import json
 import pkgutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+import datasets
+
+from ...models import looks_like_path
+from ...records import load_json_records
 
 SCORING = ("generation", "choice")
 
@@ -49,6 +52,10 @@ class Task:
         score: ``(items, {method: predictions}, context) -> result`` with ``result["methods"][method]`` the scores.
         markdown: the report section of a result, as Markdown lines.
         plot: writes the task's PNG charts of a result into a folder (optional).
+        instance_scores: ``(items, one method's predictions) -> {metric: one value per item}`` on the scale of the
+            scores, averaging to the overall ones; the report's bootstrap statistics need it (optional: none for
+            tasks without references).
+        primary_metric: the metric of ``instance_scores`` that decides per-group wins.
     """
 
     name: str
@@ -61,6 +68,8 @@ class Task:
     truncate_input: bool = False
     choices: tuple[str, ...] = ()
     plot: Callable[[dict, Path], None] | None = None
+    instance_scores: Callable[[list[dict], list[str]], dict[str, list[float]]] | None = None
+    primary_metric: str | None = None
 
     def __post_init__(self) -> None:
         if self.scoring not in SCORING:
@@ -69,6 +78,8 @@ class Task:
             raise ValueError(f"Task {self.name}: choice scoring needs `choices`.")
         if not dataclasses.is_dataclass(self.options):
             raise TypeError(f"Task {self.name}: `options` must be a dataclass type.")
+        if (self.instance_scores is None) != (self.primary_metric is None):
+            raise ValueError(f"Task {self.name}: `instance_scores` and `primary_metric` go together.")
 
     def make_options(self, values: Any = None) -> Any:
         """The task's options from ``None`` (defaults), a dict of fields or an instance."""
@@ -111,14 +122,47 @@ def get_task(name: str) -> Task:
     return _REGISTRY[name]
 
 
-def read_json(path: str | Path) -> Any:
-    """A JSON or JSONL file, optionally gzipped (``.jsonl`` anywhere in the name means one record a line)."""
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        if ".jsonl" in path.name:
-            return [json.loads(line) for line in handle if line.strip()]
-        return json.load(handle)
+def read_rows(source: str, split: str, check: Callable[[Any], None] | None = None) -> list[dict]:
+    """A task's raw records from a JSON/JSONL file (gzip allowed), a folder written by ``datasets``' ``save_to_disk``
+    or a dataset name on the Hub (``split`` picks the split of the last two). ``check`` validates each record of a
+    file, naming the file and line of a bad one."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return load_json_records(path, check)
+    if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise ValueError(f"{path} has splits {sorted(loaded)}, not {split!r}: set the task's `split` option.")
+            loaded = loaded[split]
+        return loaded.to_list()
+    if path.exists() or looks_like_path(source):
+        raise FileNotFoundError(f"{path} is neither a JSON/JSONL file nor a `save_to_disk` folder."
+                                if path.exists() else f"{path} does not exist.")
+    try:
+        return datasets.load_dataset(source, split=split).to_list()
+    except Exception as error:  # the Hub's errors vary; say what was tried
+        raise ValueError(f"{source!r} is not a local file or folder, and loading it as a dataset name (split "
+                         f"{split!r}) failed ({type(error).__name__}: {error}).") from None
+
+
+def check_fields(*names: str) -> Callable[[Any], None]:
+    """A record check for :func:`read_rows`: the record is an object holding ``names``."""
+
+    def check(record: Any) -> None:
+        if not isinstance(record, dict):
+            raise ValueError(f"a record is a JSON object, got {type(record).__name__}.")
+        missing = [name for name in names if name not in record]
+        if missing:
+            raise ValueError(f"the record has {sorted(record)}, missing {missing}.")
+
+    return check
+
+
+def positive_limit(task: str, name: str, value: int | None) -> None:
+    """Refuse a limit below 1 (None means no limit): it would select nothing."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"The {task} option `{name}` must be an integer >= 1 (or unset for all), got {value!r}.")
 
 
 def metric_table(title: str, result: dict, keys: tuple[str, ...]) -> list[str]:

@@ -8,21 +8,26 @@ import statistics
 from dataclasses import dataclass, field
 
 from ...resources import resource_path
-from . import ScoreContext, Task, metric_table, read_json, register_task
+from . import ScoreContext, Task, check_fields, metric_table, positive_limit, read_rows, register_task
 
 
 @dataclass(kw_only=True)
 class AlpacaEvalOptions:
     """Where the AlpacaEval instructions come from and how many run."""
 
-    path: str = field(default=str(resource_path("alpaca_eval", "alpaca_eval.json.gz")),
-                      metadata={"help": "AlpacaEval JSON (gzip allowed) of {instruction, dataset, ...}."})
+    path: str = field(default=str(resource_path("alpaca_eval", "alpaca_eval.json.gz")), metadata={
+        "help": "AlpacaEval JSON (gzip allowed) of {instruction, dataset, ...}, a save_to_disk folder, or a dataset "
+                "name in the Hub's tatsu-lab/alpaca_eval layout."})
+    split: str = field(default="eval", metadata={"help": "Split of a dataset folder or name."})
     limit: int | None = field(default=None, metadata={"help": "The first N instructions.", "selects": True})
+
+    def __post_init__(self) -> None:
+        positive_limit("alpacaeval", "limit", self.limit)
 
 
 def load_alpacaeval(options: AlpacaEvalOptions) -> list[dict]:
     """AlpacaEval instructions."""
-    records = read_json(options.path)[: options.limit]
+    records = read_rows(options.path, options.split, check_fields("instruction"))[: options.limit]
     return [{
         "id": str(index),
         "group": record.get("dataset", "alpacaeval"),

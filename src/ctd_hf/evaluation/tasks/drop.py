@@ -6,21 +6,36 @@ from dataclasses import dataclass, field
 
 from ..scoring import load_metric
 from ...resources import resource_path
-from . import ScoreContext, Task, metric_table, read_json, register_task
+from . import ScoreContext, Task, check_fields, metric_table, positive_limit, read_rows, register_task
 
 
 @dataclass(kw_only=True)
 class DROPOptions:
     """Where the DROP questions come from and how many run."""
 
-    path: str = field(default=str(resource_path("drop", "drop_dev.jsonl.gz")),
-                      metadata={"help": "JSONL (gzip allowed) of {id, passage, question, answers}."})
+    path: str = field(default=str(resource_path("drop", "drop_dev.jsonl.gz")), metadata={
+        "help": "JSONL (gzip allowed) of {id, passage, question, answers}, a save_to_disk folder, or a dataset name "
+                "in the Hub's ucinlp/drop layout."})
+    split: str = field(default="validation", metadata={"help": "Split of a dataset folder or name."})
     limit: int | None = field(default=500, metadata={"help": "The first N questions.", "selects": True})
+
+    def __post_init__(self) -> None:
+        positive_limit("drop", "limit", self.limit)
+
+
+def _normalised(record: dict) -> dict:
+    """A record of the shipped layout, from itself or from the Hub's (``query_id``, ``answers_spans.spans``)."""
+    if "answers_spans" in record:
+        return {"id": record["query_id"], "passage": record["passage"], "question": record["question"],
+                "answers": record["answers_spans"]["spans"]}
+    return record
 
 
 def load_drop(options: DROPOptions) -> list[dict]:
     """DROP items; every listed answer is acceptable."""
-    records = read_json(options.path)[: options.limit]
+    rows = read_rows(options.path, options.split, lambda r: check_fields("id", "passage", "question", "answers")(
+        _normalised(r) if isinstance(r, dict) else r))
+    records = [_normalised(record) for record in rows[: options.limit]]
     return [{
         "id": str(record["id"]),
         "group": "drop",
@@ -41,12 +56,20 @@ def score_drop(items: list[dict], predictions: dict[str, list[str]], context: Sc
                         for name, answers in predictions.items()}, "instances": len(items)}
 
 
+def drop_instance_scores(items: list[dict], predictions: list[str]) -> dict[str, list[float]]:
+    """Exact match and F1 of each question (x100), from the same metric script as :func:`score_drop`."""
+    return load_metric("drop").compute(predictions=predictions, references=[i["references"] for i in items],
+                                       per_instance=True)
+
+
 TASK = register_task(Task(
     name="drop",
     options=DROPOptions,
     load=load_drop,
     score=score_drop,
     markdown=lambda result: metric_table("drop", result, ("exact_match", "f1")),
+    instance_scores=drop_instance_scores,
+    primary_metric="f1",
     max_new_tokens=32,
     truncate_input=True,
 ))

@@ -9,10 +9,10 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..plots import grouped_bars
+from ...plots import grouped_bars
 from ..scoring import load_metric
 from ...resources import resource_path
-from . import ScoreContext, Task, register_task
+from . import ScoreContext, Task, check_fields, positive_limit, read_rows, register_task
 
 CATEGORY_ABBREVIATIONS = {
     "Title Generation": "TG", "Coreference Resolution": "CR", "Textual Entailment": "TE", "Question Rewriting": "QR",
@@ -32,8 +32,16 @@ class SuperNIOptions:
         "help": "Task list under splits/: the shipped held-out sample by default; default/test_tasks.txt is the "
                 "official 119-task list (with a natural-instructions checkout as the dir)."})
     categories: str | None = field(default=None, metadata={"help": "task -> category JSON under splits/ (optional)."})
+    dataset: str | None = field(default=None, metadata={
+        "help": "Instead of the task files: a save_to_disk folder or a dataset name in the Hub's "
+                "Muennighoff/natural-instructions layout (task_name, id, definition, inputs, targets); the task list "
+                "and categories still come from splits/ of the dir."})
+    split: str = field(default="test", metadata={"help": "Split of the dataset."})
     max_instances: int = field(default=100, metadata={"help": "Instances per task (the first ones).", "selects": True,
                                                       "aliases": ("--max-instances",)})
+
+    def __post_init__(self) -> None:
+        positive_limit("superni", "max_instances", self.max_instances)
 
 
 def _with_period(text: str) -> str:
@@ -56,33 +64,68 @@ def superni_message(definition: str, task_input: str) -> dict:
 
 
 def load_superni(options: SuperNIOptions) -> list[dict]:
-    """SuperNI items from a natural-instructions layout (``tasks/*.json``, ``splits/<tasks>``).
+    """SuperNI items: the first ``max_instances`` instances of each task listed in ``splits/<tasks>`` of ``dir``, from
+    the task files (``tasks/*.json``) or from ``dataset``.
 
-    The first ``max_instances`` instances of each listed task; category = the task's first ``Categories`` entry, or
-    its entry in ``categories`` (a task -> category JSON under ``splits/``, e.g. for train tasks that stand in for
-    test categories).
+    Category = the task's first ``Categories`` entry, or its entry in ``categories`` (a task -> category JSON under
+    ``splits/``, e.g. for train tasks that stand in for test categories; with ``dataset``, which has no categories,
+    ``default/test_task_categories.json`` is used when present).
     """
-    root = Path(options.dir)
-    names = [line.strip() for line in (root / "splits" / options.tasks).read_text().splitlines() if line.strip()]
+    splits = Path(options.dir) / "splits"
+    task_list = splits / options.tasks
+    if not task_list.is_file():
+        raise FileNotFoundError(f"The task list {task_list} does not exist: point the dir at a natural-instructions "
+                                "layout and the tasks option at a list under its splits/.")
+    names = [line.strip() for line in task_list.read_text().splitlines() if line.strip()]
     if not names:
-        raise ValueError(f"{root / 'splits' / options.tasks} lists no task.")
-    categories = json.loads((root / "splits" / options.categories).read_text()) if options.categories else {}
+        raise ValueError(f"{task_list} lists no task.")
+    categories_file = options.categories or ("default/test_task_categories.json" if options.dataset else None)
+    categories = json.loads((splits / categories_file).read_text()) if categories_file and (
+        splits / categories_file).is_file() else {}
+    tasks = _from_dataset(options, set(names)) if options.dataset else _from_task_files(options, names)
     items = []
     for name in names:
-        path = root / "tasks" / f"{name}.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"Task {name} is listed in {options.tasks} but {path} does not exist.")
-        task = json.loads(path.read_text())
-        definition = task["Definition"][0] if isinstance(task["Definition"], list) else task["Definition"]
-        for instance in task["Instances"][: options.max_instances]:
+        definition, category, instances = tasks[name]
+        for instance in instances[: options.max_instances]:
             items.append({
                 "id": instance["id"],
                 "group": name,
-                "category": categories.get(name, task["Categories"][0]),
+                "category": categories.get(name, category),
                 "message": superni_message(definition, instance["input"]),
                 "references": instance["output"],
             })
     return items
+
+
+def _from_task_files(options: SuperNIOptions, names: list[str]) -> dict[str, tuple[str, str, list[dict]]]:
+    """task -> (definition, category, instances) from a natural-instructions checkout's ``tasks/*.json``."""
+    tasks = {}
+    for name in names:
+        path = Path(options.dir) / "tasks" / f"{name}.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"Task {name} is listed in {options.tasks} but {path} does not exist.")
+        task = json.loads(path.read_text())
+        definition = task["Definition"][0] if isinstance(task["Definition"], list) else task["Definition"]
+        tasks[name] = (definition, task["Categories"][0], task["Instances"])
+    return tasks
+
+
+def _from_dataset(options: SuperNIOptions, names: set[str]) -> dict[str, tuple[str, str, list[dict]]]:
+    """task -> (definition, category, instances) from rows of the Hub's natural-instructions layout (one row per
+    instance and reference; references of one instance id are gathered)."""
+    rows = read_rows(options.dataset, options.split, check_fields("task_name", "id", "definition", "inputs", "targets"))
+    tasks: dict[str, tuple[str, str, dict[str, dict]]] = {}
+    for row in rows:
+        if row["task_name"] in names:
+            instances = tasks.setdefault(row["task_name"], (row["definition"], "Uncategorized", {}))[2]
+            instance = instances.setdefault(row["id"], {"id": row["id"], "input": row["inputs"], "output": []})
+            instance["output"].append(row["targets"])
+    missing = sorted(names - set(tasks))
+    if missing:
+        raise ValueError(f"{options.dataset} ({options.split}) has no rows of the listed tasks {missing[:5]}"
+                         f"{' ...' if len(missing) > 5 else ''}: check the tasks option.")
+    return {name: (definition, category, list(instances.values()))
+            for name, (definition, category, instances) in tasks.items()}
 
 
 def score_superni(items: list[dict], predictions: dict[str, list[str]], context: ScoreContext) -> dict:
@@ -106,7 +149,13 @@ def score_superni(items: list[dict], predictions: dict[str, list[str]], context:
     return {"methods": result, "winning_rate": wins, "tasks": len(by_task), "instances": len(items)}
 
 
-def _ordered(categories: dict) -> list[str]:
+def superni_instance_scores(items: list[dict], predictions: list[str]) -> dict[str, list[float]]:
+    """Rouge-L and exact match of each item (x100), from the same metric script as :func:`score_superni`."""
+    return load_metric("superni").compute(predictions=predictions, references=[i["references"] for i in items],
+                                          per_instance=True)
+
+
+def ordered_categories(categories: dict) -> list[str]:
     """Categories in the paper's Table 1 order, any others after them alphabetically."""
     order = list(CATEGORY_ABBREVIATIONS)
     return sorted(categories, key=lambda c: (order.index(c) if c in order else len(order), c))
@@ -116,7 +165,7 @@ def superni_markdown(result: dict) -> list[str]:
     """Rouge-L and exact match like the paper's Table 1 (methods as rows, Overall and categories as columns), then
     the winning rates."""
     methods = result["methods"]
-    categories = _ordered(next(iter(methods.values()))["categories"])
+    categories = ordered_categories(next(iter(methods.values()))["categories"])
     header = ["Method", "Overall"] + [CATEGORY_ABBREVIATIONS.get(c, c) for c in categories]
     lines = []
     for metric, title in (("rougeL", "Rouge-L"), ("exact_match", "Exact match")):
@@ -134,7 +183,7 @@ def superni_markdown(result: dict) -> list[str]:
 def plot_superni(result: dict, folder: Path) -> None:
     """``superni_categories.png``: Rouge-L per category (and overall), one bar per method."""
     methods = result["methods"]
-    categories = _ordered(next(iter(methods.values()))["categories"])
+    categories = ordered_categories(next(iter(methods.values()))["categories"])
     labels = ["Overall"] + [CATEGORY_ABBREVIATIONS.get(c, c) for c in categories]
     series = {name: [scores["overall"]["rougeL"]] + [scores["categories"][c]["rougeL"] for c in categories]
               for name, scores in methods.items()}
@@ -148,6 +197,8 @@ TASK = register_task(Task(
     score=score_superni,
     markdown=superni_markdown,
     plot=plot_superni,
+    instance_scores=superni_instance_scores,
+    primary_metric="rougeL",
     max_new_tokens=128,
     truncate_input=True,
 ))

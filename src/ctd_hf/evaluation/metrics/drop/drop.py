@@ -36,6 +36,8 @@ Args:
     predictions (list of str, or list of list of str): one answer per question, a string or a list of spans.
     references (list of list of str, or list of list of list of str): each question's acceptable answers, every
         answer a string or a list of spans (a multi-span answer). Use one form per call.
+    per_instance (bool, default False): return each question's scores (lists, x100) instead of the means, e.g. for
+        bootstrap statistics.
 Returns:
     exact_match (float): mean over questions of the best exact match, x100.
     f1 (float): mean over questions of the best DROP F1, x100.
@@ -127,15 +129,17 @@ class Drop(evaluate.Metric):
         )
 
     def _compute(
-        self, predictions: list[str | list[str]], references: list[list[str | list[str]]]
-    ) -> dict[str, float]:
-        em_total = f1_total = 0.0
+        self, predictions: list[str | list[str]], references: list[list[str | list[str]]], per_instance: bool = False
+    ) -> dict[str, float] | dict[str, list[float]]:
+        ems, f1s = [], []
         for prediction, answers in zip(predictions, references):
             best_em = best_f1 = 0.0
             for answer in map(_as_spans, answers):
                 if answer and answer[0].strip():
                     em, f1 = get_metrics(_as_spans(prediction), answer)
                     best_em, best_f1 = max(best_em, em), max(best_f1, f1)
-            em_total += best_em
-            f1_total += best_f1
-        return {"exact_match": 100.0 * em_total / len(predictions), "f1": 100.0 * f1_total / len(predictions)}
+            ems.append(best_em)
+            f1s.append(best_f1)
+        if per_instance:
+            return {"exact_match": [100.0 * em for em in ems], "f1": [100.0 * f1 for f1 in f1s]}
+        return {"exact_match": 100.0 * sum(ems) / len(predictions), "f1": 100.0 * sum(f1s) / len(predictions)}

@@ -29,6 +29,8 @@ _KWARGS_DESCRIPTION = """
 Args:
     predictions (list of str): one generated answer per instance.
     references (list of list of str): the acceptable answers of each instance (at least one).
+    per_instance (bool, default False): return each instance's scores (lists, x100, unrounded) instead of the means,
+        e.g. for bootstrap statistics.
 Returns:
     rougeL (float): mean over instances of the best Rouge-L F-measure, x100.
     exact_match (float): share of instances matching some reference after normalisation, x100.
@@ -72,12 +74,16 @@ class SuperNI(evaluate.Metric):
             reference_urls=["https://github.com/allenai/natural-instructions/blob/master/eval/automatic/evaluation.py"],
         )
 
-    def _compute(self, predictions: list[str], references: list[list[str]]) -> dict[str, float]:
+    def _compute(
+        self, predictions: list[str], references: list[list[str]], per_instance: bool = False
+    ) -> dict[str, float] | dict[str, list[float]]:
         if any(not golds for golds in references):
             raise ValueError("every prediction needs at least one reference")
-        em = sum(max(exact_match(pred, gold) for gold in golds) for pred, golds in zip(predictions, references))
-        rouge = sum(max(rouge_l(pred, gold) for gold in golds) for pred, golds in zip(predictions, references))
+        em = [max(exact_match(pred, gold) for gold in golds) for pred, golds in zip(predictions, references)]
+        rouge = [max(rouge_l(pred, gold) for gold in golds) for pred, golds in zip(predictions, references)]
+        if per_instance:
+            return {"rougeL": [100.0 * r for r in rouge], "exact_match": [100.0 * e for e in em]}
         return {
-            "rougeL": round(100.0 * rouge / len(predictions), 4),
-            "exact_match": round(100.0 * em / len(predictions), 4),
+            "rougeL": round(100.0 * sum(rouge) / len(predictions), 4),
+            "exact_match": round(100.0 * sum(em) / len(predictions), 4),
         }

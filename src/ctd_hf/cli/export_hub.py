@@ -1,0 +1,26 @@
+"""``ctd-hf export-hub``: make a saved prefix a transformers ``custom_generate`` repository."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..integrations.hub import export_custom_generate
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    export = subparsers.add_parser(
+        "export-hub", help="Write custom_generate/ and the model card into a prefix folder, for "
+                           "model.generate(custom_generate=REPO_OR_DIR, trust_remote_code=True).")
+    export.add_argument("prefix_dir", help="Prefix folder written by `ctd-hf tune` (published as it is).")
+    export.add_argument("--beta", type=float, default=0.3, help="Default contrast strength of the exported generate.")
+    export.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Export the prefix folder; print and return the ``custom_generate`` folder."""
+    folder = export_custom_generate(args.prefix_dir, beta=args.beta)
+    print(f"Wrote {folder}/generate.py, requirements.txt and the card {folder.parent / 'README.md'}. Publish "
+          f"{folder.parent} as a Hub repository (or use the folder as it is): "
+          "model.generate(**inputs, custom_generate=REPO_OR_DIR, trust_remote_code=True).")
+    return folder

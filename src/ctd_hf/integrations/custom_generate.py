@@ -1,0 +1,104 @@
+"""``model.generate(custom_generate=ctd_hf.custom_generate, contrast=...)``: contrastive decoding through transformers'
+own hook for replacing the decoding loop.
+
+A callable ``custom_generate`` is not handed ``generate()``'s arguments: ``generate()`` (transformers 5) first does
+all its preparation (generation config, input expansion for beams, cache, logits processors, stopping criteria) and
+then calls it in place of its decoding loop, as ``custom_generate(model, input_ids, logits_processor=...,
+stopping_criteria=..., generation_config=..., **model_kwargs)``, plus the callable's own keyword arguments taken out of
+``generate()``'s ``**kwargs`` (here ``contrast`` and ``backend``). This function adds the contrast to that prepared
+state and runs the loop ``generate()`` would have run (greedy/sampling or beam search), so it returns what
+``generate()`` returns.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import (DynamicCache, EpsilonLogitsWarper, EtaLogitsWarper, GenerationConfig, LogitNormalization,
+                          LogitsProcessor, LogitsProcessorList, MinPLogitsWarper, PreTrainedModel,
+                          StoppingCriteriaList, SynthIDTextWatermarkLogitsProcessor, TemperatureLogitsWarper,
+                          TopHLogitsWarper, TopKLogitsWarper, TopPLogitsWarper, TypicalLogitsWarper,
+                          WatermarkLogitsProcessor)
+from transformers.generation.utils import GENERATION_MODES_MAPPING
+
+from ..decoding.contrasts import Contrast, decoding_model
+from ..decoding.doubled import DoubledBatch, DoubledCache
+from ..decoding.stream import ContrastProcessor
+
+BACKENDS = ("doubled", "stream")
+# What generate() appends after the processors it merges with the caller's: the sampling warpers, watermarking and the
+# final renormalisation. The contrast goes right before them, where the executors' processors end up.
+_AFTER_CONTRAST = (TemperatureLogitsWarper, TopHLogitsWarper, TopKLogitsWarper, TopPLogitsWarper, MinPLogitsWarper,
+                   TypicalLogitsWarper, EpsilonLogitsWarper, EtaLogitsWarper, WatermarkLogitsProcessor,
+                   SynthIDTextWatermarkLogitsProcessor, LogitNormalization)
+_LOOPS = ("_sample", "_beam_search")  # greedy and sampling; beam search and beam sampling
+
+
+def custom_generate(
+    model: PreTrainedModel,
+    input_ids: torch.LongTensor,
+    logits_processor: LogitsProcessorList,
+    stopping_criteria: StoppingCriteriaList,
+    generation_config: GenerationConfig,
+    contrast: Contrast | ContrastProcessor | None = None,
+    backend: str = "doubled",
+    **model_kwargs: Any,
+) -> Any:
+    """The decoding loop of ``generate()`` with ``contrast`` applied; pass it as ``custom_generate=``.
+
+    ``contrast`` is any :class:`~ctd_hf.Contrast` built on the model (or a stream processor holding one);
+    ``backend="doubled"`` (default; CTD and ID) runs both views in one 2B-row forward per step, ``"stream"`` gives the
+    second view its own KV cache (required for Contrastive Decoding's amateur model). The contrast runs after the
+    processors ``generate()`` builds, yours in ``logits_processor`` included (``generate_doubled`` runs it before
+    yours), and before the sampling warpers. Under greedy decoding the tokens equal ``generate_doubled``'s.
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from ctd_hf import CTDContrast, generate_doubled
+        >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+        ...                                      num_hidden_layers=1, num_attention_heads=2)).eval()
+        >>> contrast = CTDContrast(model, torch.randn(4, 16), beta=0.3)
+        >>> options = dict(input_ids=torch.tensor([[1, 5, 7]]), max_new_tokens=3, do_sample=False, pad_token_id=0)
+        >>> bool((model.generate(custom_generate=custom_generate, contrast=contrast, **options)
+        ...       == generate_doubled(model, contrast, **options)).all())
+        True
+    """
+    if isinstance(contrast, ContrastProcessor):
+        contrast = contrast.contrast
+    if not isinstance(contrast, Contrast):
+        raise TypeError("custom_generate needs `contrast=`, a ctd_hf.Contrast (CTDContrast, InstructiveContrast, "
+                        f"ContrastiveDecodingContrast) built on this model; got {type(contrast).__name__}.")
+    if backend not in BACKENDS:
+        raise ValueError(f"`backend` is one of {BACKENDS}, got {backend!r}.")
+    mode = generation_config.get_generation_mode()
+    loop_name = GENERATION_MODES_MAPPING.get(mode)
+    if loop_name not in _LOOPS:
+        raise ValueError(f"custom_generate runs greedy decoding, sampling and beam search; generate() asked for "
+                         f"{mode.value}. Drop the options that select it (penalty_alpha, num_beam_groups, constraints, "
+                         "dola_layers...).")
+    loop = getattr(type(model), loop_name)
+    arguments = dict(stopping_criteria=stopping_criteria, generation_config=generation_config, **model_kwargs)
+    if backend == "stream":
+        with ContrastProcessor(contrast) as processor:
+            return loop(model, input_ids, logits_processor=_with_contrast(logits_processor, processor), **arguments)
+    if contrast.model is not decoding_model(model) or not contrast.shares_model:
+        raise ValueError(f"The doubled backend runs one model; this {type(contrast).__name__} contrasts another model "
+                         "or was built on another model: pass backend='stream'.")
+    cache = model_kwargs.get("past_key_values")
+    if type(cache) is not DynamicCache or cache.get_seq_length() or not model_kwargs.get("use_cache", True):
+        raise ValueError("The doubled backend keeps both views in its own DoubledCache: do not pass past_key_values, "
+                         "cache_implementation or use_cache=False (or pass backend='stream').")
+    # generate_doubled() wraps a whole generate() call; here generate() has already prepared the loop, so the same
+    # hooks and processor are put around the loop, and its fresh cache is swapped for a doubled one.
+    doubled = DoubledBatch(contrast, None)
+    arguments["past_key_values"] = DoubledCache(config=model.config)
+    with doubled.attached():
+        return loop(model, input_ids, logits_processor=_with_contrast(logits_processor, doubled), **arguments)
+
+
+def _with_contrast(processors: LogitsProcessorList, contrast: LogitsProcessor) -> LogitsProcessorList:
+    """``processors`` with ``contrast`` inserted before the first warper (or at the end)."""
+    index = next((i for i, p in enumerate(processors) if isinstance(p, _AFTER_CONTRAST)), len(processors))
+    return LogitsProcessorList([*processors[:index], contrast, *processors[index:]])

@@ -1,0 +1,129 @@
+"""A saved prefix as a transformers ``custom_generate`` repository: ``model.generate(custom_generate=REPO_OR_DIR,
+trust_remote_code=True)`` then decodes with CTD.
+
+:func:`export_custom_generate` writes, into a prefix folder (``adapter_config.json`` + ``adapter_model.safetensors`` +
+``ctd_hf.json``, as ``ctd-hf tune`` saves it), ``custom_generate/generate.py``, ``custom_generate/requirements.txt``
+and the ``custom_generate`` tag and usage in the folder's ``README.md`` (the model card; peft's metadata is kept).
+The folder is then both a peft adapter and a ``custom_generate`` repository: publish it as it is, on its own (with
+model weights beside ``adapter_config.json``, ``from_pretrained`` would load the folder as a peft adapter of the model,
+which transformers does not support for prompt tuning).
+
+transformers runs a string ``custom_generate`` by copying the repository's ``custom_generate/*.py`` into its module
+cache and calling their ``generate(model, **generate_arguments)``; files that are not Python stay behind, so
+``generate.py`` carries the prefix files itself (base64) and hands them to :class:`~ctd_hf.CTDContrast`, which checks
+that they fit the model. Decoding goes through :func:`ctd_hf.custom_generate` (doubled executor by default).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import textwrap
+from pathlib import Path
+
+from huggingface_hub import ModelCard
+from peft import PeftConfig
+
+from .._version import __version__
+from ..contrast import check_strength
+from ..training.prefix import CARD_NAME, AdapterMismatchError, read_card
+
+FOLDER = "custom_generate"
+PREFIX_FILES = ("adapter_config.json", "adapter_model.safetensors", CARD_NAME)
+_CARD_START, _CARD_END = "<!-- ctd-hf export-hub -->", "<!-- /ctd-hf export-hub -->"
+
+_GENERATE = '''"""CTD decoding with this repository's soft prefix (written by `ctd-hf export-hub`, ctd_hf {version}).
+
+    model.generate(**inputs, custom_generate="REPO_OR_FOLDER", trust_remote_code=True, beta={beta})
+
+`beta` is the contrast strength (0 gives plain decoding), `backend` "doubled" (default) or "stream". The prefix files
+are carried below: transformers copies only the Python files of `custom_generate/` into its module cache.
+"""
+
+import base64
+import tempfile
+from pathlib import Path
+
+from ctd_hf import CTDContrast, custom_generate
+
+BETA = {beta}
+PREFIX_FILES = {{
+{files}}}
+
+
+def generate(model, beta=BETA, backend="doubled", **generate_arguments):
+    """generate() with CTD: z - beta * z~, z~ the logits of `model` with the soft prefix before the prompt."""
+    with tempfile.TemporaryDirectory() as folder:
+        for name, data in PREFIX_FILES.items():
+            Path(folder, name).write_bytes(base64.b64decode("".join(data)))
+        contrast = CTDContrast(model, folder, beta)  # checks that the prefix was trained for this model
+    # The class's generate(): a model loaded with trust_remote_code may have this function as its own generate.
+    return type(model).generate(model, custom_generate=custom_generate, contrast=contrast, backend=backend,
+                                **generate_arguments)
+'''
+
+_USAGE = """{start}
+# CTD soft prefix
+
+A soft prefix tuned by contrastive tuning (ctd_hf {version}) for the model `{base_model}`. It is a peft
+prompt-tuning adapter, and a transformers `custom_generate` repository that decodes with CTD,
+`log_softmax(z - beta * z~)` (`z~`: the model's logits with the prefix before the prompt; default beta {beta}):
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model = AutoModelForCausalLM.from_pretrained("BASE_MODEL")  # the model the prefix was tuned for: {base_model}
+tokenizer = AutoTokenizer.from_pretrained("BASE_MODEL")
+inputs = tokenizer(["Name three primary colours."], return_tensors="pt", padding=True, padding_side="left")
+output = model.generate(**inputs, custom_generate="THIS_REPO", trust_remote_code=True, beta={beta},
+                        max_new_tokens=64, do_sample=False)
+```
+
+`custom_generate/generate.py` needs `pip install ctd_hf` (see `custom_generate/requirements.txt`) and carries a copy
+of the prefix files. Greedy decoding, sampling and beam search work; `backend="stream"` runs the prefixed view with
+its own KV cache instead of the doubled batch.
+{end}"""
+
+
+def export_custom_generate(prefix_dir: str | Path, beta: float = 0.3) -> Path:
+    """Write the ``custom_generate`` folder and model card into ``prefix_dir``; return the ``custom_generate`` folder.
+
+    Running it again rewrites what it wrote (the prefix may have been retrained) and keeps the rest of the card.
+    """
+    prefix_dir = Path(prefix_dir)
+    beta = check_strength(beta, "beta")
+    for name in PREFIX_FILES[:2]:
+        if not (prefix_dir / name).is_file():
+            raise AdapterMismatchError(f"{prefix_dir / name} does not exist: point export-hub at a prefix folder "
+                                       "written by `ctd-hf tune` (or CTDTrainer.save_model).")
+    config = PeftConfig.from_pretrained(str(prefix_dir))
+    if not config.is_prompt_learning:
+        raise AdapterMismatchError(f"{prefix_dir} holds a {config.peft_type} adapter; export-hub publishes a soft "
+                                   "prefix (a prompt-tuning adapter).")
+    files = "".join(_embedded(prefix_dir / name) for name in PREFIX_FILES if (prefix_dir / name).is_file())
+    folder = prefix_dir / FOLDER
+    folder.mkdir(exist_ok=True)
+    (folder / "generate.py").write_text(_GENERATE.format(version=__version__, beta=beta, files=files))
+    # Unversioned: transformers compares it with the installed metadata, which an editable checkout may leave stale;
+    # an older ctd_hf fails at `from ctd_hf import custom_generate`, naming the missing function.
+    (folder / "requirements.txt").write_text("ctd_hf\n")
+    _write_card(prefix_dir, beta, read_card(prefix_dir).get("base_model") or "unknown")
+    return folder
+
+
+def _embedded(path: Path) -> str:
+    """One ``PREFIX_FILES`` entry of generate.py: the file's base64, in lines of 100 characters."""
+    lines = "".join(f'        "{line}",\n' for line in textwrap.wrap(base64.b64encode(path.read_bytes()).decode(), 100))
+    return f'    "{path.name}": [\n{lines}    ],\n'
+
+
+def _write_card(prefix_dir: Path, beta: float, base_model: str) -> None:
+    """The model card: the ``custom_generate`` tag and the usage section, kept apart from the rest of the card."""
+    path = prefix_dir / "README.md"
+    card = ModelCard.load(path) if path.is_file() else ModelCard("---\n---\n")
+    tags = card.data.tags or []
+    card.data.tags = tags if FOLDER in tags else [*tags, FOLDER]
+    usage = _USAGE.format(start=_CARD_START, end=_CARD_END, version=__version__, beta=beta, base_model=base_model)
+    previous = re.compile(f"{re.escape(_CARD_START)}.*?{re.escape(_CARD_END)}\n*", re.DOTALL)
+    card.text = f"\n{usage}\n\n{previous.sub('', card.text).lstrip()}"
+    card.save(path)

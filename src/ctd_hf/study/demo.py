@@ -1,0 +1,110 @@
+"""``ctd-hf demo``: does CTD help this model? Tune a prefix, decode a held-out SuperNI sample with plain decoding,
+Instructive Decoding and CTD, and report the differences with their 95% intervals.
+
+The held-out sample is 4 official SuperNI *test* tasks shipped with the package, never used to choose anything. The
+settings below were chosen by measurement on SuperNI *training* tasks only (``docs/results.md``); ``--quick`` is a
+small run that shows the pipeline, too small to answer the question.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..decoding.methods import DecodingMethod
+from ..evaluation.runner import EvalSettings, run_evaluation
+from ..evaluation.tasks.superni import CATEGORY_ABBREVIATIONS, ordered_categories
+from ..models import load_model_and_tokenizer, model_id
+from ..training.tuning import TuneSettings, tune
+
+PAIRS = ("ctd - od", "ctd - id", "id - od")
+
+
+@dataclass(kw_only=True)
+class DemoSettings:
+    """A demo run: how the prefix is tuned and how much of the held-out sample is decoded."""
+
+    tuning: TuneSettings = field(default_factory=TuneSettings)
+    instances: int = field(default=20, metadata={"help": "Instances per held-out task (4 tasks)."})
+    max_new_tokens: int = field(default=64, metadata={"help": "New tokens per answer."})
+    beta: float = field(default=0.3, metadata={"help": "CTD's decoding strength."})
+    id_strength: float = field(default=0.3, metadata={"help": "Instructive Decoding's strength (official default)."})
+    batch_size: int = field(default=8, metadata={"help": "Prompts per generate() call."})
+
+
+FULL = DemoSettings(tuning=TuneSettings(max_steps=32, learning_rate=1e-2, batch_size=8, max_length=256))
+QUICK = DemoSettings(tuning=TuneSettings(max_steps=4, learning_rate=1e-2, batch_size=4, max_length=128),
+                     instances=5, max_new_tokens=24)
+
+
+def run_demo(
+    output_dir: str | Path, settings: DemoSettings = FULL, prefix: str | Path | None = None, model: str = "default"
+) -> dict:
+    """Tune (unless ``prefix`` is given; a rerun resumes), evaluate od, id and ctd on the held-out sample, print the
+    summary and return the report (``report.md``, ``report.json`` and the charts are in ``output_dir/eval``)."""
+    output_dir, started = Path(output_dir), time.time()
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(f"The output folder {output_dir} is a file: choose another --output-dir.")
+    steps = 2 if prefix else 3
+    if prefix is None:
+        _phase(1, steps, f"tuning a {settings.tuning.num_virtual_tokens}-token prefix for {settings.tuning.max_steps} "
+                         f"steps (resumes if interrupted)", started)
+        prefix = output_dir / "prefix"
+        tune(settings.tuning, prefix, model)
+    _phase(steps - 1, steps, f"decoding 4 held-out SuperNI test tasks x {settings.instances} instances with od, id "
+                             "and ctd", started)
+    base, tokenizer = load_model_and_tokenizer(model)
+    methods = {"od": DecodingMethod("od"), "id": DecodingMethod("id", strength=settings.id_strength),
+               "ctd": DecodingMethod("ctd", strength=settings.beta, prefix=str(prefix))}
+    evaluation = EvalSettings(options={"superni": {"tasks": "sample/test_tasks.txt",
+                                                   "max_instances": settings.instances}},
+                              prompt_format=settings.tuning.prompt_format, batch_size=settings.batch_size,
+                              max_new_tokens={"superni": settings.max_new_tokens})
+    report = run_evaluation(base, tokenizer, methods, evaluation, output_dir / "eval", model_id(base))
+    _phase(steps, steps, "report", started)
+    print(summary(report, output_dir / "eval"))
+    return report
+
+
+def _phase(index: int, count: int, what: str, started: float) -> None:
+    print(f"[{index}/{count}] {what} ({(time.time() - started) / 60:.1f} min so far)", file=sys.stderr, flush=True)
+
+
+def _difference(pairs: dict, a: str, b: str) -> tuple[float, float, float, float]:
+    """``a - b`` in Rouge-L with its interval and p-value, from the report's pairs (stored either way round)."""
+    key = next(key for key, pair in pairs.items() if {pair["a"], pair["b"]} == {a, b})
+    sign = 1 if pairs[key]["a"] == a else -1
+    diff = pairs[key]["differences"]["rougeL"]
+    low, high = sorted((sign * diff["low"], sign * diff["high"]))
+    return sign * diff["difference"], low, high, diff["p_value"]
+
+
+def summary(report: dict, folder: Path) -> str:
+    """The paper's Table-1 layout (Rouge-L, methods as rows, overall and categories as columns), the paired
+    differences with their 95% intervals, and what they say."""
+    superni = report["benchmarks"]["superni"]
+    methods, pairs = superni["methods"], superni["statistics"]["pairs"]
+    categories = ordered_categories(next(iter(methods.values()))["categories"])
+    names = [CATEGORY_ABBREVIATIONS.get(category, category) for category in categories]
+    lines = [f"SuperNI held-out sample: {superni['tasks']} test tasks, {superni['instances']} instances, Rouge-L", "",
+             "| Method | Overall | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for name, scores in methods.items():
+        lines.append(f"| {name} | {scores['overall']['rougeL']:.2f} | "
+                     + " | ".join(f"{scores['categories'][c]['rougeL']:.2f}" for c in categories) + " |")
+    verdicts = []
+    for label in PAIRS:
+        a, b = (part.strip() for part in label.split("-"))
+        difference, low, high, p_value = _difference(pairs, a, b)
+        cells = [f"{difference:+.2f} [{low:+.2f}, {high:+.2f}]"]
+        cells += [f"{methods[a]['categories'][c]['rougeL'] - methods[b]['categories'][c]['rougeL']:+.2f}"
+                  for c in categories]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        verdict = ("within noise: the interval includes 0" if low <= 0 <= high else
+                   f"{a} is better" if difference > 0 else f"{b} is better")
+        verdicts.append(f"- {label}: {difference:+.2f} Rouge-L [{low:+.2f}, {high:+.2f}], p = {p_value:.3g}: "
+                        f"{verdict}.")
+    return "\n".join([*lines, "", "Differences: paired over the same instances; 95% paired-bootstrap interval "
+                       "(overall column).", "", *verdicts, "", f"Full report: {folder / 'report.md'} (and "
+                       "report.json, superni_categories.png, token_changes_superni.png)."])

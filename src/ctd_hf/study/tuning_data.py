@@ -1,0 +1,67 @@
+"""Tuning data beyond the Alpaca sample, for the sweep.
+
+The CTD paper tunes on a sample of the model's own SFT data, which the default model does not publish. The proxies:
+
+- ``alpaca``: the shipped Alpaca sample (answers written by text-davinci-003);
+- ``superni``: the SuperNI TRAIN tasks of ``sample/tuning_tasks.txt`` (disjoint from the development tasks and from
+  every test task) as instruction data, in the evaluation's own zero-shot prompt, with their reference answers;
+- ``self``: the model's own greedy answers to the Alpaca instructions (its own distribution, as SFT data is),
+  relabelled with the reference where one exists: the SuperNI tuning tasks with their reference answers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..decoding.batch import generate_answers
+from ..evaluation.tasks import get_task
+from ..records import append_records, load_json_records, read_records
+from ..resources import resource_path
+
+TUNING_DATA = ("alpaca", "superni", "self")
+ALPACA = resource_path("sft", "alpaca_en_demo.json")
+
+
+def superni_rows(tasks: str = "sample/tuning_tasks.txt", max_instances: int = 100) -> list[dict]:
+    """The SuperNI tasks listed in ``tasks`` as chat rows: the evaluation's zero-shot prompt and the first reference."""
+    task = get_task("superni")
+    items = task.load(task.make_options({"tasks": tasks, "max_instances": max_instances}))
+    return [{"messages": [{key: value for key, value in item["message"].items() if key != "label"},
+                          {"role": "assistant", "content": item["references"][0]}]} for item in items]
+
+
+def self_generated_rows(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    path: Path,
+    prompt_format: str,
+    count: int = 256,
+    max_new_tokens: int = 192,
+    batch_size: int = 8,
+) -> list[dict]:
+    """The model's greedy answers to the first ``count`` Alpaca instructions, written to ``path`` batch by batch (a
+    killed run resumes), followed by the SuperNI tuning tasks with their reference answers."""
+    instructions = load_json_records(ALPACA)[:count]
+    done = {row["index"] for row in read_records(path, repair=True)}
+    todo = [index for index in range(len(instructions)) if index not in done]
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        messages = [{"role": "user", "content": instructions[i]["instruction"], "input": instructions[i]["input"]}
+                    for i in batch]
+        answers = generate_answers(model, tokenizer, messages, None, prompt_format, max_new_tokens=max_new_tokens,
+                                   do_sample=False)
+        append_records(path, [{"index": i, "messages": [m, {"role": "assistant", "content": answer}]}
+                              for i, m, answer in zip(batch, messages, answers)])
+    own = [{"messages": row["messages"]} for row in sorted(read_records(path), key=lambda row: row["index"])
+           if row["messages"][-1]["content"].strip()]
+    return own + superni_rows()
+
+
+def write_rows(rows: list[dict], path: Path) -> Path:
+    """Write chat rows as JSONL (what ``load_sft_data`` reads) and return the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    return path

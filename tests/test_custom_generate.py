@@ -1,0 +1,127 @@
+"""transformers' ``custom_generate`` hook: the callable ``ctd_hf.custom_generate`` decodes as the executors do, and a
+prefix folder exported by ``ctd-hf export-hub`` decodes CTD through ``custom_generate=FOLDER`` token for token."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from peft import LoraConfig, TaskType, get_peft_model
+from transformers import AutoModelForCausalLM
+
+import ctd_hf
+from conftest import build_model
+from ctd_hf import (ContrastiveDecodingContrast, ContrastProcessor, CTDConfig, CTDContrast, CTDTrainer,
+                    InstructiveContrast, RightPaddingCollator, add_soft_prefix, generate_doubled)
+from ctd_hf.cli import main
+from ctd_hf.integrations.hub import export_custom_generate
+from ctd_hf.training.prefix import AdapterMismatchError
+
+
+@pytest.fixture
+def lively(tokenizer):
+    """A tiny random Llama whose greedy answers vary (larger init), a CTD contrast that changes them, a batch."""
+    model = build_model(len(tokenizer), initializer_range=0.2)
+    torch.manual_seed(0)
+    contrast = CTDContrast(model, torch.randn(4, 32), beta=0.5)
+    tokenizer.pad_token = tokenizer.eos_token
+    inputs = tokenizer(["Name three colours.", "What is the capital of France? Answer:"], return_tensors="pt",
+                       padding=True, padding_side="left")
+    return model, contrast, {**inputs, "max_new_tokens": 6, "pad_token_id": tokenizer.pad_token_id}
+
+
+@pytest.mark.parametrize("options", [dict(do_sample=False), dict(do_sample=True, temperature=0.7, top_k=20),
+                                     dict(num_beams=3, num_return_sequences=2, do_sample=False),
+                                     dict(do_sample=False, repetition_penalty=1.3)],
+                         ids=["greedy", "sampling", "beams", "repetition-penalty"])
+def test_callable_decodes_as_the_executors(lively, options):
+    model, contrast, inputs = lively
+    torch.manual_seed(0)
+    expected = generate_doubled(model, contrast, **inputs, **options)
+    for backend in ("doubled", "stream"):
+        torch.manual_seed(0)
+        output = model.generate(**inputs, **options, custom_generate=ctd_hf.custom_generate, contrast=contrast,
+                                backend=backend)
+        assert torch.equal(output, expected), backend
+    torch.manual_seed(0)
+    assert not torch.equal(model.generate(**inputs, **options), expected)  # the contrast changes the answers
+
+
+def test_callable_runs_id_and_cd_and_returns_generate_outputs(lively):
+    model, contrast, inputs = lively
+    noisy = torch.tensor([[0, 0, 7, 8, 9], [1, 2, 3, 4, 5]])
+    instructive = InstructiveContrast(model, noisy, (noisy > 0).long(), strength=0.5)
+    assert torch.equal(model.generate(**inputs, custom_generate=ctd_hf.custom_generate, contrast=instructive),
+                       generate_doubled(model, instructive, **inputs))
+    amateur = build_model(model.config.vocab_size, seed=1, num_hidden_layers=1, initializer_range=0.2)
+    contrastive = ContrastiveDecodingContrast(model, amateur, alpha=0.1, beta=1.0)
+    with ContrastProcessor(contrastive) as processor:
+        expected = model.generate(**inputs, logits_processor=[processor])
+    assert torch.equal(model.generate(**inputs, custom_generate=ctd_hf.custom_generate, contrast=contrastive,
+                                      backend="stream"), expected)
+    output = model.generate(**inputs, custom_generate=ctd_hf.custom_generate, contrast=contrast,
+                            return_dict_in_generate=True, output_scores=True)
+    reference = generate_doubled(model, contrast, **inputs, return_dict_in_generate=True, output_scores=True)
+    assert torch.equal(output.sequences, reference.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(output.scores, reference.scores))
+
+
+def test_callable_refuses_what_it_cannot_run(lively):
+    model, contrast, inputs = lively
+    amateur = build_model(model.config.vocab_size, seed=1, num_hidden_layers=1)
+    cases = [({}, TypeError, "needs `contrast=`"),
+             ({"contrast": contrast, "backend": "fast"}, ValueError, "`backend` is one of"),
+             ({"contrast": ContrastiveDecodingContrast(model, amateur)}, ValueError, "backend='stream'"),
+             ({"contrast": contrast, "penalty_alpha": 0.6, "top_k": 4}, ValueError, "contrastive_search"),
+             ({"contrast": contrast, "use_cache": False}, ValueError, "DoubledCache")]
+    for options, error, message in cases:
+        with pytest.raises(error, match=message):
+            model.generate(**inputs, custom_generate=ctd_hf.custom_generate, **options)
+
+
+@pytest.fixture
+def prefix_dir(tmp_path, tiny_model_dir):
+    """A prefix folder as ``CTDTrainer.save_model`` writes it (peft's files and card, ``ctd_hf.json``)."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    torch.manual_seed(0)
+    trainer = CTDTrainer(model=add_soft_prefix(model, num_virtual_tokens=4, init="random"),
+                         args=CTDConfig(output_dir=str(tmp_path / "run"), report_to="none"),
+                         data_collator=RightPaddingCollator(0))
+    trainer.save_model(str(tmp_path / "prefix"))
+    return tmp_path / "prefix"
+
+
+def test_exported_folder_decodes_ctd(prefix_dir, tiny_model_dir, tokenizer, capsys):
+    main(["export-hub", str(prefix_dir), "--beta", "0.5"])
+    assert "custom_generate" in capsys.readouterr().out
+    assert {path.name for path in (prefix_dir / "custom_generate").iterdir()} >= {"generate.py", "requirements.txt"}
+    assert (prefix_dir / "custom_generate" / "requirements.txt").read_text() == "ctd_hf\n"
+    card = ModelCard.load(prefix_dir / "README.md")
+    assert "custom_generate" in card.data.tags and card.data.library_name == "peft"
+    main(["export-hub", str(prefix_dir), "--beta", "0.5"])  # again: one usage section, the rest of the card kept
+    text = (prefix_dir / "README.md").read_text()
+    assert text.count("<!-- ctd-hf export-hub -->") == 1 and "Model Card for Model ID" in text
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tokenizer.pad_token = tokenizer.eos_token
+    inputs = tokenizer(["Name three colours.", "What is the capital of France? Answer:"], return_tensors="pt",
+                       padding=True, padding_side="left")
+    options = dict(**inputs, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    for beta in (0.5, 2.0):
+        expected = generate_doubled(model, CTDContrast(model, prefix_dir, beta=beta), **options)
+        extra = {} if beta == 0.5 else {"beta": beta}  # 0.5 is the exported default
+        output = model.generate(**options, custom_generate=str(prefix_dir), trust_remote_code=True, **extra)
+        assert torch.equal(output, expected)
+    assert not torch.equal(model.generate(**options), expected)  # beta 2 changes the answers
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        model.generate(**options, custom_generate=str(prefix_dir), trust_remote_code=False)
+
+
+def test_export_refuses_what_is_not_a_prefix(tmp_path, tiny_model_dir):
+    with pytest.raises(AdapterMismatchError, match="does not exist"):
+        export_custom_generate(tmp_path)
+    lora = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                          LoraConfig(task_type=TaskType.CAUSAL_LM))
+    lora.save_pretrained(tmp_path / "lora")
+    with pytest.raises(AdapterMismatchError, match="LORA adapter"):
+        export_custom_generate(tmp_path / "lora")
