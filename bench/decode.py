@@ -56,7 +56,7 @@ from ctd_hf import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "examples" / "data" / "alpaca_en_demo_256.json"
+DATA = ROOT / "src" / "ctd_hf" / "resources" / "sft" / "alpaca_en_demo.json"
 
 TARGETS = {
     "doubled_b1": 1.65,  # doubled / greedy at batch 1

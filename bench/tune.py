@@ -42,7 +42,7 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT / "examples" / "data" / "alpaca_en_demo_256.json"
+DEFAULT_DATA = ROOT / "src" / "ctd_hf" / "resources" / "sft" / "alpaca_en_demo.json"
 TARGET_TIME, TARGET_MEMORY = 1.4, 1.15
 MODES = ("ctd", "pt")
 MODE_NAMES = {"ctd": "(a) contrastive tuning", "pt": "(b) prompt tuning"}

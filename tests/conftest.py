@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = resource_path()  # the data shipped in the package
 SFT_SAMPLE = resource_path("sft", "alpaca_en_demo.json")
 CHATML_TEMPLATE = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% for message in messages %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
@@ -73,6 +74,19 @@ def tokenizer(tokenizer_dir):
 @pytest.fixture
 def tiny_model(tokenizer):
     return build_model(len(tokenizer))
+
+
+LONG = 4096  # positions: the tiny tokenizer splits text into about 3 times more tokens than a real one
+
+
+@pytest.fixture(scope="session")
+def long_model_dir(tmp_path_factory, tokenizer_dir) -> Path:
+    """A saved tiny model (``tiny-llama``) with room for SuperNI prompts in the tiny tokenizer's many tokens."""
+    path = tmp_path_factory.mktemp("long-model") / "tiny-llama"
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
+    build_model(len(tokenizer), initializer_range=0.3, max_position_embeddings=LONG).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
 
 
 @pytest.fixture(scope="session")

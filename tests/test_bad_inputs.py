@@ -349,8 +349,7 @@ def test_evaluation_without_benchmarks(model, tok, tmp_path):
 
 def test_evaluation_into_a_file(model, tok, tmp_path):
     (tmp_path / "out").write_text("")
-    settings = EvalSettings(options={"superni": {"max_instances": 1}}, max_new_tokens={"superni": 2},
-                            max_source_tokens=64)
+    settings = EvalSettings(options={"superni": {"max_instances": 1}}, max_new_tokens={"superni": 2})
     with expect(NotADirectoryError, "out", "another --output-dir"):
         run_evaluation(model, tok, {"od": DecodingMethod("od")}, settings, tmp_path / "out", "tiny")
 
@@ -461,3 +460,46 @@ def test_generate_prompts_file_as_a_json_list(capsys, tiny_model_dir, tmp_path):
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["prompt"] for r in records] == ["Name a colour.", "Add the numbers.", "Hi"]
     assert records[1]["input"] == "2 and 3"
+
+
+def test_zero_token_prompt_on_the_stream(model, prefix):
+    with expect(ValueError, "empty prompt", "at least one token"):
+        greedy(model, {"input_ids": torch.zeros(1, 0, dtype=torch.long)}, CTDProcessor(model, prefix))
+
+
+def test_answers_for_no_message_or_too_long_prompts(model, tok):
+    from ctd_hf import generate_answers
+
+    with expect(ValueError, "No message", "at least one"):
+        generate_answers(model, tok, [], DecodingMethod("od"))
+    with expect(ValueError, "positions", "lower max_new_tokens"):
+        generate_answers(model, tok, [{"role": "user", "content": "word " * 400}], DecodingMethod("od"),
+                         max_new_tokens=8)
+
+
+@pytest.mark.parametrize("kwargs, words", [({"batch_size": 0}, ("batch_size", ">= 1")),
+                                           ({"max_new_tokens": {"superni": 0}}, ("max_new_tokens", ">= 1")),
+                                           ({"max_source_tokens": 0}, ("max_source_tokens", ">= 1")),
+                                           ({"prompt_format": "vicuna"}, ("prompt_format", "choose one of"))])
+def test_bad_evaluation_settings(kwargs, words):
+    with expect(ValueError, *words):
+        EvalSettings(**kwargs)
+
+
+def test_source_budget_below_the_instruction(model, tok, tmp_path):
+    long = build_model(len(tok), max_position_embeddings=4096)
+    settings = EvalSettings(options={"superni": {"max_instances": 1}}, max_source_tokens=8)
+    with expect(ValueError, "alone holds", "Raise max_source_tokens"):
+        run_evaluation(long, tok, {"od": DecodingMethod("od")}, settings, tmp_path / "run", "tiny")
+    assert not (tmp_path / "run").exists()
+
+
+def test_prefix_of_a_wrong_type(model):
+    with expect(TypeError, "`prefix`", "adapter folder"):
+        CTDContrast(model, 5)
+
+
+def test_missing_amateur_names_the_flag(capsys, tiny_model_dir, tmp_path):
+    error = cli_error(capsys, ["generate", "--model", str(tiny_model_dir), "--method", "cd", "--amateur",
+                               "./missing-amateur", "--prompt", "Hi"])
+    assert "--amateur ./missing-amateur" in error and "does not exist" in error

@@ -98,7 +98,8 @@ def test_tuned_prefix_decodes_on_the_real_default_model(tmp_path, capsys):
     assert record["method"] == "ctd" and record["output"]
 
 
-@pytest.mark.parametrize("method, extra", [("id", ["--noise", "trunc_shuf"]), ("id", []), ("cd", ["--amateur", "MODEL"])])
+@pytest.mark.parametrize("method, extra",
+                         [("id", ["--noise", "trunc_shuf"]), ("id", []), ("cd", ["--amateur", "MODEL"])])
 def test_generate_cli_baselines(tiny_model_dir, capsys, method, extra):
     extra = [str(tiny_model_dir) if value == "MODEL" else value for value in extra]
     capsys.readouterr()
@@ -107,4 +108,5 @@ def test_generate_cli_baselines(tiny_model_dir, capsys, method, extra):
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["method"] for r in records] == [method, method]
     assert records[0]["strength"] == (1.0 if method == "cd" else 0.3)
-    assert "needs" in cli_error(capsys, ["generate", "--model", str(tiny_model_dir), "--method", "ctd", "--prompt", "Hi"])
+    assert "needs" in cli_error(capsys, ["generate", "--model", str(tiny_model_dir), "--method", "ctd",
+                                         "--prompt", "Hi"])

@@ -53,7 +53,8 @@ def test_load_alpaca_json_jsonl_dataset_and_disk(tmp_path):
          for r in records]
     )
     chat.save_to_disk(tmp_path / "on_disk")
-    for source in (SFT_SAMPLE, tmp_path / "data.jsonl", datasets.Dataset.from_list(records), chat, tmp_path / "on_disk"):
+    sources = (SFT_SAMPLE, tmp_path / "data.jsonl", datasets.Dataset.from_list(records), chat, tmp_path / "on_disk")
+    for source in sources:
         loaded = load_sft_data(source)
         assert loaded.column_names == ["messages"]
         assert loaded[0]["messages"][0]["content"] == records[0]["instruction"]

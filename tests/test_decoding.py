@@ -109,7 +109,8 @@ def test_doubled_batch_equals_stream(left_tokenizer, prompts):
     prefix = make_prefix(model)
     inputs = left_tokenizer(prompts, return_tensors="pt", padding=True)
     stream = greedy(model, inputs, CTDProcessor(model, prefix, beta=BETA))
-    doubled = ctd_hf.generate_doubled(model, CTDProcessor(model, prefix, beta=BETA), **inputs, do_sample=False, max_new_tokens=8, pad_token_id=0)
+    doubled = ctd_hf.generate_doubled(model, CTDProcessor(model, prefix, beta=BETA), **inputs, do_sample=False,
+                                      max_new_tokens=8, pad_token_id=0)
     assert torch.equal(stream, doubled)
     assert not model._forward_hooks and not model._forward_pre_hooks or len(model._forward_pre_hooks) <= 1
 
@@ -175,8 +176,9 @@ def test_low_precision_follows_the_model_dtype(left_tokenizer, dtype):
     processor = CTDProcessor(model, make_prefix(model), beta=0.0)
     assert processor.contrast.prefix.dtype == dtype
     assert torch.equal(greedy(model, inputs, processor), greedy(model, inputs))
-    assert ctd_hf.generate_doubled(model, CTDProcessor(model, make_prefix(model), beta=BETA), **inputs, max_new_tokens=4, pad_token_id=0).shape[1] \
-        == inputs["input_ids"].shape[1] + 4
+    doubled = ctd_hf.generate_doubled(model, CTDProcessor(model, make_prefix(model), beta=BETA), **inputs,
+                                      max_new_tokens=4, pad_token_id=0)
+    assert doubled.shape[1] == inputs["input_ids"].shape[1] + 4
 
 
 def test_bad_inputs_are_refused(left_tokenizer, tmp_path):
@@ -266,7 +268,8 @@ def test_lora_variant_decodes_by_its_definition(left_tokenizer):
     inputs = left_tokenizer(PROMPTS, return_tensors="pt", padding=True)
     contrast = LoRAContrast(lora, beta=BETA)
     with ContrastProcessor(contrast) as processor:
-        output = lora.generate(**inputs, logits_processor=[processor], do_sample=False, max_new_tokens=6, pad_token_id=0)
+        output = lora.generate(**inputs, logits_processor=[processor], do_sample=False, max_new_tokens=6,
+                               pad_token_id=0)
         assert torch.equal(output, base.generate(**inputs, logits_processor=[processor], do_sample=False,
                                                  max_new_tokens=6, pad_token_id=0))
     length = inputs["input_ids"].shape[1]

@@ -15,12 +15,11 @@ from ctd_hf.evaluation.runner import EvalSettings, run_evaluation
 from ctd_hf.decoding.methods import DecodingMethod
 from ctd_hf.models import ensure_pad_token
 
-from conftest import DATA, build_model
+from conftest import DATA, LONG, build_model
 
 SUPERNI = dict(options={"superni": dict(dir=str(DATA / "supernatinst"), tasks="sample/train_tasks.txt",
                                          categories="sample/train_task_test_category_analog.json", max_instances=2)},
-               max_new_tokens={"superni": 6, "drop": 4, "alpacaeval": 4}, batch_size=4)
-LONG = 4096  # positions: the protocol's 1024 source tokens are many more tokens of the tiny tokenizer
+               max_new_tokens={"superni": 6, "drop": 4, "alpacaeval": 4}, batch_size=4, max_source_tokens=3000)
 
 
 def methods_for(model) -> dict[str, DecodingMethod]:
@@ -91,12 +90,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_process_evaluation_equals_one_process(tokenizer, tmp_path):
-    model_dir = tmp_path / "tiny-llama"
-    build_model(len(tokenizer), max_position_embeddings=LONG).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    args = ["eval", "--model", str(model_dir), "--methods", "od,id", "--superni-tasks", "sample/train_tasks.txt",
-            "--max-instances", "2", "--max-new-tokens", "4", "--batch-size", "4", "--no-token-changes"]
+def test_two_process_evaluation_equals_one_process(long_model_dir, tmp_path):
+    args = ["eval", "--model", str(long_model_dir), "--methods", "od,id", "--superni-tasks", "sample/train_tasks.txt",
+            "--max-instances", "2", "--max-new-tokens", "4", "--batch-size", "4", "--no-token-changes",
+            "--max-source-tokens", "3000"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = subprocess.run([sys.executable, "-m", "ctd_hf.cli", *args, "--output-dir", str(tmp_path / "one")],
                             env=env, capture_output=True, text=True, timeout=600)
@@ -128,3 +125,20 @@ def test_labels_of_one_method_at_several_strengths_keep_their_predictions_apart(
         assert alone["benchmarks"]["superni"]["methods"][label] == together["benchmarks"]["superni"]["methods"][label]
     plain = run_evaluation(model, tokenizer, {"od": DecodingMethod("od")}, settings, tmp_path / "od", "tiny-llama")
     assert together["benchmarks"]["superni"]["methods"]["ctd@0"] == plain["benchmarks"]["superni"]["methods"]["od"]
+
+
+def test_eval_cli_decodes_one_prefix_at_several_strengths(long_model_dir, tmp_path, capsys):
+    from ctd_hf.cli import main
+
+    model_dir = long_model_dir
+    main(["tune", "--model", str(model_dir), "--output-dir", str(tmp_path / "prefix"), "--max-steps", "1",
+          "--fraction", "0.01", "--max-length", "96", "--batch-size", "2", "--num-virtual-tokens", "3"])
+    main(["eval", "--model", str(model_dir), "--methods", "od,ctd@0,ctd@0.5", "--prefix", str(tmp_path / "prefix"),
+          "--superni-tasks", "sample/train_tasks.txt", "--max-instances", "1", "--max-new-tokens", "3",
+          "--max-source-tokens", "3000", "--output-dir", str(tmp_path / "eval")])
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    methods = report["benchmarks"]["superni"]["methods"]
+    assert list(methods) == ["od", "ctd@0", "ctd@0.5"]
+    assert methods["ctd@0"] == methods["od"]  # beta 0 is plain decoding
+    assert report["settings"]["methods"]["ctd@0.5"]["strength"] == 0.5
+    assert "ctd@0.5 - od" in capsys.readouterr().out

@@ -12,13 +12,12 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import pytest
 from safetensors.torch import load_file
 from transformers import PreTrainedTokenizerFast
 
 from ctd_hf.records import read_records
 
-from conftest import DATA, SFT_SAMPLE, build_model, cli_error
+from conftest import DATA, LONG, SFT_SAMPLE, build_model, cli_error
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -43,16 +42,6 @@ def kill_when(command: list[str], ready: Callable[[], bool], log: Path, timeout:
 def run(command: list[str]) -> None:
     result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-
-
-@pytest.fixture(scope="module")
-def long_model_dir(tmp_path_factory, tokenizer_dir) -> Path:
-    """A tiny model with room for SuperNI prompts in the tiny tokenizer's many tokens."""
-    path = tmp_path_factory.mktemp("faults") / "tiny-llama"
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
-    build_model(len(tokenizer), initializer_range=0.3, max_position_embeddings=4096).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def tune_args(model_dir: Path, output_dir: Path) -> list[str]:
@@ -82,7 +71,7 @@ def test_tune_killed_at_several_points_resumes_to_the_same_prefix(long_model_dir
 def eval_args(model_dir: Path, output_dir: Path) -> list[str]:
     return ["eval", "--model", str(model_dir), "--methods", "od,id", "--superni-dir", str(DATA / "supernatinst"),
             "--superni-tasks", "sample/train_tasks.txt", "--max-instances", "2", "--max-new-tokens", "4",
-            "--batch-size", "2", "--output-dir", str(output_dir)]
+            "--batch-size", "2", "--max-source-tokens", "3000", "--output-dir", str(output_dir)]
 
 
 def lines(path: Path) -> int:
@@ -114,7 +103,7 @@ def test_eval_resume_with_another_model_or_setting_is_refused(long_model_dir, to
     run(cli(*args))
     other = tmp_path / "other"
     tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
-    build_model(len(tokenizer), seed=3, max_position_embeddings=4096).save_pretrained(other)
+    build_model(len(tokenizer), seed=3, max_position_embeddings=LONG).save_pretrained(other)
     tokenizer.save_pretrained(other)
     model_at = args.index("--model") + 1
     assert "another model" in cli_error(capsys, args[:model_at] + [str(other)] + args[model_at + 1:])

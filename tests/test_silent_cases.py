@@ -78,7 +78,7 @@ def test_padded_noisy_prompts_need_their_mask(model, tok):
 def _eval_settings() -> EvalSettings:
     return EvalSettings(options={"superni": {"dir": str(DATA / "supernatinst"), "tasks": "sample/train_tasks.txt",
                                              "max_instances": 1}},
-                        max_new_tokens={"superni": 3}, batch_size=4, max_source_tokens=64)
+                        max_new_tokens={"superni": 3}, batch_size=4, max_source_tokens=3000)
 
 
 def test_eval_resumed_with_another_model_is_refused(tok, tmp_path):

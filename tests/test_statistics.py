@@ -162,7 +162,7 @@ def test_report_carries_statistics_for_every_method_and_pair(tokenizer, tmp_path
     settings = EvalSettings(options={"superni": dict(dir=str(DATA / "supernatinst"), tasks="sample/train_tasks.txt",
                                                      categories="sample/train_task_test_category_analog.json",
                                                      max_instances=2)},
-                            max_new_tokens={"superni": 6}, batch_size=4)
+                            max_new_tokens={"superni": 6}, batch_size=4, max_source_tokens=3000)
     report = run_evaluation(model, tokenizer, methods, settings, tmp_path, "tiny-llama")
     superni = report["benchmarks"]["superni"]
     assert set(superni["methods"]["od"]) == {"overall", "categories", "tasks"}

@@ -11,7 +11,8 @@ from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from ctd_hf import CTDConfig, CTDTrainer, RightPaddingCollator, add_soft_prefix, load_adapter, load_sft_data, tokenize_sft
+from ctd_hf import (CTDConfig, CTDTrainer, RightPaddingCollator, add_soft_prefix, load_adapter, load_sft_data,
+                    tokenize_sft)
 from ctd_hf.models import ensure_pad_token
 from ctd_hf.training.prefix import prefix_embeddings
 
@@ -221,8 +222,9 @@ def test_trl_style_construction_equals_the_explicit_form(tiny_model_dir, tokeniz
     transformers.set_seed(0)
     ensure_pad_token(tokenizer)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), config)
-    explicit = CTDTrainer(model=model, args=args("explicit"), data_collator=RightPaddingCollator(tokenizer.pad_token_id),
-                          train_dataset=tokenize_sft(load_sft_data(rows), tokenizer, "chatml", 96))
+    explicit = CTDTrainer(model=model, args=args("explicit"), train_dataset=tokenize_sft(load_sft_data(rows), tokenizer,
+                                                                                       "chatml", 96),
+                          data_collator=RightPaddingCollator(tokenizer.pad_token_id))
     explicit.train()
     assert torch.equal(prefix_embeddings(trl.model), prefix_embeddings(explicit.model))
     lora = CTDTrainer(model=str(tiny_model_dir), args=args("lora"), train_dataset=rows,

@@ -55,6 +55,8 @@ _EXPORTS = {
     "tokenize_sft": "training.data",
     "CTDConfig": "training.config",
     "CTDTrainer": "training.trainer",
+    "TuneSettings": "training.tuning",
+    "tune": "training.tuning",
     # evaluation and synthesis
     "EvalSettings": "evaluation.runner",
     "run_evaluation": "evaluation.runner",

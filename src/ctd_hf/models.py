@@ -91,7 +91,7 @@ def resolve_model_path(name_or_path: str | None) -> str:
             raise FileNotFoundError(f"{path} has no config.json: it is not a model folder written by save_pretrained.")
         return str(path)
     if looks_like_path(name_or_path):
-        raise FileNotFoundError(f"The model folder {path} does not exist.")
+        raise FileNotFoundError(f"The model folder {name_or_path} does not exist.")
     return name_or_path
 
 
@@ -108,7 +108,8 @@ def load_model_and_tokenizer(
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except OSError as error:
-        raise OSError(f"{name_or_path!r} is not a local model folder, and loading it from the Hub failed: {error}") from None
+        raise OSError(f"{name_or_path!r} is not a local model folder, and loading it from the Hub failed: "
+                      f"{error}") from None
     if device is not None:
         model.to(device)
     tokenizer = AutoTokenizer.from_pretrained(path)

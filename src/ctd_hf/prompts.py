@@ -74,7 +74,8 @@ def format_completion(
         return response + "<|im_end|>"
     if prompt_format in ("alpaca", "sua"):
         if tokenizer is None or tokenizer.eos_token is None:
-            raise ValueError(f"The {prompt_format} format ends answers with the tokenizer's EOS token: pass a tokenizer.")
+            raise ValueError(f"The {prompt_format} format ends answers with the tokenizer's EOS token: pass a "
+                             "tokenizer.")
         return response + tokenizer.eos_token
     if prompt_format == "chat_template":
         # The template decides how an answer ends: render the whole conversation and cut the prompt off.

@@ -8,8 +8,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+from transformers import PreTrainedModel
+
 from ..decoding.methods import BACKENDS, METHODS
 from ..decoding.noise import NOISE_TYPES
+from ..models import load_model_and_tokenizer, resolve_model_path
 from ..prompts import PROMPT_FORMATS
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -85,7 +88,8 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--amateur", default=None, help="cd: the amateur model (folder, hub name or 'default').")
     group.add_argument("--cd-beta", type=strength, default=None, help="cd: weight of the amateur (default 1.0).")
     group.add_argument("--plausibility", type=unit_interval, default=0.1, help="cd: alpha of the plausible set.")
-    group.add_argument("--amateur-temperature", type=positive_float, default=1.0, help="cd: temperature of the amateur.")
+    group.add_argument("--amateur-temperature", type=positive_float, default=1.0,
+                       help="cd: temperature of the amateur.")
     group.add_argument("--backend", "--path", dest="backend", default="auto", choices=BACKENDS,
                        help="doubled: one 2B-row forward per step (ctd, id); stream: a processor with its own cache; "
                             "auto: doubled where possible. (--path is the deprecated name.)")
@@ -125,6 +129,16 @@ def check_method_arguments(args: argparse.Namespace, names: list[str]) -> None:
         if value is not None and method not in names:
             raise ValueError(f"{flag} sets the strength of method {method}, which is not run here (methods: "
                              f"{', '.join(names)}).")
+
+
+def load_amateur(args: argparse.Namespace, expert_name: str, expert: PreTrainedModel, device: Any = None) -> Any:
+    """cd's amateur model from ``--amateur``: the expert itself when both name the same model (one copy in memory)."""
+    try:
+        if resolve_model_path(args.amateur) == resolve_model_path(expert_name):
+            return expert
+        return load_model_and_tokenizer(args.amateur, dtype=args.dtype, device=device)[0]
+    except OSError as error:
+        raise type(error)(f"--amateur {args.amateur}: {error}") from None
 
 
 def decoding_options(args: argparse.Namespace) -> dict[str, Any]:

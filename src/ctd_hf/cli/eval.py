@@ -15,8 +15,18 @@ from ..decoding.methods import DecodingMethod
 from ..evaluation.runner import EvalSettings, run_evaluation
 from ..evaluation.tasks import Task, get_task, task_names
 from ..models import load_model_and_tokenizer, model_id
-from .arguments import (add_method_arguments, add_model_arguments, add_prompt_format_argument, check_method_arguments,
-                        comma_list, method_kwargs, output_folder, positive_int, strength)
+from .arguments import (
+    add_method_arguments,
+    add_model_arguments,
+    add_prompt_format_argument,
+    check_method_arguments,
+    comma_list,
+    load_amateur,
+    method_kwargs,
+    output_folder,
+    positive_int,
+    strength,
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -49,7 +59,8 @@ def _add_task_options(parser: argparse.ArgumentParser, task: Task) -> None:
     hints = typing.get_type_hints(task.options)
     for option in dataclasses.fields(task.options):
         flags = [f"--{task.name}-{option.name.replace('_', '-')}", *option.metadata.get("aliases", ())]
-        kinds = [kind for kind in typing.get_args(hints[option.name]) or (hints[option.name],) if kind is not type(None)]
+        hint = hints[option.name]
+        kinds = [kind for kind in typing.get_args(hint) or (hint,) if kind is not type(None)]
         group.add_argument(*flags, dest=f"{task.name}:{option.name}", type=kinds[0], default=argparse.SUPPRESS,
                            help=f"{option.metadata.get('help', '')} (default: {option.default})")
 
@@ -91,7 +102,7 @@ def run(args: argparse.Namespace) -> dict | None:
     transformers.set_seed(args.seed)
     model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
     uses_cd = any(name == "cd" for name, _ in specs.values())
-    amateur = load_model_and_tokenizer(args.amateur, dtype=args.dtype)[0] if uses_cd else None
+    amateur = load_amateur(args, args.model, model) if uses_cd else None
     methods = {}
     for label, (name, value) in specs.items():
         kwargs = method_kwargs(args, name)

@@ -14,8 +14,16 @@ from ..decoding.batch import check_prompt_lengths, generate_answers
 from ..decoding.methods import METHODS, DecodingMethod
 from ..models import load_model_and_tokenizer
 from ..records import load_json_records
-from .arguments import (add_decoding_arguments, add_method_arguments, add_model_arguments, add_prompt_format_argument,
-                        check_method_arguments, decoding_options, method_kwargs)
+from .arguments import (
+    add_decoding_arguments,
+    add_method_arguments,
+    add_model_arguments,
+    add_prompt_format_argument,
+    check_method_arguments,
+    decoding_options,
+    load_amateur,
+    method_kwargs,
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -24,7 +32,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     source = gen.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", action="append", help="A user message (repeat for several).")
     source.add_argument("--prompts-file", help="JSON list / JSONL of prompts (strings, or objects with `prompt` or "
-                                               "`instruction` and optional `input`), or a text file of one prompt a line.")
+                                               "`instruction` and optional `input`), or a text file of one prompt a "
+                                               "line.")
     add_prompt_format_argument(gen)
     gen.add_argument("--method", default=None, choices=METHODS,
                      help="od: plain; id: Instructive Decoding; cd: Contrastive Decoding; ctd: CTD (default: ctd "
@@ -73,7 +82,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         raise IsADirectoryError(f"--output {args.output} is a folder; name a file to write JSONL to.")
     transformers.set_seed(args.seed)
     model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
-    amateur = load_model_and_tokenizer(args.amateur, dtype=args.dtype)[0] if name == "cd" else None
+    amateur = load_amateur(args, args.model, model) if name == "cd" else None
     method = DecodingMethod(name, amateur=amateur, **method_kwargs(args, name))
     method.check(model, tokenizer)
     check_prompt_lengths(model, tokenizer, messages, args.prompt_format, args.max_new_tokens, method.prefix_length)

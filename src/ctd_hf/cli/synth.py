@@ -15,8 +15,17 @@ from ..distributed import process_state
 from ..models import load_model_and_tokenizer
 from ..prompts import PROMPT_FORMATS
 from ..synthesis import OUTPUT_FORMATS, load_instructions, synthesize
-from .arguments import (add_decoding_arguments, add_method_arguments, add_model_arguments, check_method_arguments,
-                        decoding_options, method_kwargs, output_folder, positive_int)
+from .arguments import (
+    add_decoding_arguments,
+    add_method_arguments,
+    add_model_arguments,
+    check_method_arguments,
+    decoding_options,
+    load_amateur,
+    method_kwargs,
+    output_folder,
+    positive_int,
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -47,10 +56,10 @@ def run(args: argparse.Namespace) -> datasets.Dataset | None:
         raise ValueError("Method cd needs --amateur: the expert's pre-trained base model (CoDIT contrasts the two).")
     check_method_arguments(args, [name])
     device = process_state().device
-    amateur = load_model_and_tokenizer(args.amateur, dtype=args.dtype, device=device)[0] if name == "cd" else None
-    method = DecodingMethod(name, amateur=amateur, **method_kwargs(args, name))
     records = load_instructions(args.instructions, args.limit)
     expert, tokenizer = load_model_and_tokenizer(args.expert, dtype=args.dtype, device=device)
+    amateur = load_amateur(args, args.expert, expert, device) if name == "cd" else None
+    method = DecodingMethod(name, amateur=amateur, **method_kwargs(args, name))
     method.check(expert, tokenizer)
     messages = [{"role": "user", "content": r["instruction"], "input": r["input"]} for r in records]
     check_prompt_lengths(expert, tokenizer, messages, args.prompt_format, args.max_new_tokens, method.prefix_length)

@@ -39,8 +39,16 @@ def generate_for_messages(
     Returns ``generate()``'s output and the (padded) prompt length, where the generated tokens start. ``record``
     collects the original model's per-step predictions (contrastive methods only).
     """
+    if not messages:
+        raise ValueError("No message to answer: pass at least one user message.")
     inputs = encode_messages(tokenizer, messages, prompt_format).to(model.device)
     contrast = method.contrast(model, tokenizer, messages, prompt_format)
+    limit = getattr(model.config, "max_position_embeddings", None)
+    needed = int(inputs["attention_mask"].sum(dim=1).max()) + method.prefix_length + generate_kwargs.get(
+        "max_new_tokens", 0)
+    if limit and needed > limit:
+        raise ValueError(f"A prompt of the batch needs {needed} positions (prompt, {method.prefix_length} prefix and "
+                         f"max_new_tokens), more than the model's {limit}: shorten it or lower max_new_tokens.")
     options = {"pad_token_id": tokenizer.pad_token_id, **inputs, **generate_kwargs}
     if contrast is None:
         output = model.generate(**options)

@@ -185,8 +185,8 @@ class InstructiveContrast(Contrast):
     when it is given a noisy instruction instead of the real one.
 
     Noisy prompt ``i`` pairs with prompt ``i`` of the ``generate()`` batch. When ``num_beams`` or
-    ``num_return_sequences`` make ``k`` consecutive copies of each prompt, ``k`` is the number of rows over the number of
-    noisy prompts, and every group of ``k`` rows is checked to hold copies of one prompt.
+    ``num_return_sequences`` make ``k`` consecutive copies of each prompt, ``k`` is the number of rows over the number
+    of noisy prompts, and every group of ``k`` rows is checked to hold copies of one prompt.
 
     Args:
         model: the model being decoded.
@@ -202,8 +202,8 @@ class InstructiveContrast(Contrast):
         >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
         ...                                      num_hidden_layers=1, num_attention_heads=2)).eval()
         >>> with ContrastProcessor(InstructiveContrast(model, torch.tensor([[1, 9]]), strength=0.3)) as processor:
-        ...     model.generate(torch.tensor([[1, 5, 7]]), logits_processor=[processor], max_new_tokens=3, min_new_tokens=3,
-        ...                    do_sample=False, pad_token_id=0).shape
+        ...     model.generate(torch.tensor([[1, 5, 7]]), logits_processor=[processor], max_new_tokens=3,
+        ...                    min_new_tokens=3, do_sample=False, pad_token_id=0).shape
         torch.Size([1, 6])
     """
 
@@ -297,7 +297,8 @@ def _shared_vocab_size(
     amateur_tokenizer: PreTrainedTokenizerBase | None,
 ) -> int:
     """The logit width both models share, refusing models whose vocabularies really differ."""
-    if tokenizer is not None and amateur_tokenizer is not None and tokenizer.get_vocab() != amateur_tokenizer.get_vocab():
+    both = tokenizer is not None and amateur_tokenizer is not None
+    if both and tokenizer.get_vocab() != amateur_tokenizer.get_vocab():
         raise ValueError("The expert's and the amateur's tokenizers differ: Contrastive Decoding needs one vocabulary.")
     sizes = expert.get_output_embeddings().weight.shape[0], amateur.get_output_embeddings().weight.shape[0]
     if sizes[0] == sizes[1]:

@@ -75,7 +75,8 @@ class DoubledBatch(LogitsProcessor):
             # generate() leaves out an all-ones mask (unpadded prompts, e.g. one prompt): rebuild it over the whole
             # sequence of the B rows, which is the doubled cache minus the pads put before the originals.
             past = cache.get_seq_length()
-            mask = input_ids.new_ones(input_ids.shape[0], (past - self.original_pads if past else 0) + input_ids.shape[1])
+            length = (past - self.original_pads if past else 0) + input_ids.shape[1]
+            mask = input_ids.new_ones(input_ids.shape[0], length)
         embeds = self.model.get_input_embeddings()(input_ids)
         if cache.get_seq_length() == 0:  # the prompt pass: both halves left-padded to one length
             check_left_padded(mask)
@@ -136,8 +137,8 @@ def generate_doubled(
     stream processor holding one); Contrastive Decoding needs a second model, so it has only the stream executor.
     Same arguments and return value as ``model.generate()``; ``input_ids`` with a left-padded ``attention_mask`` are
     required. The contrast runs before the processors in ``logits_processor``, where the stream executor would, and
-    under greedy decoding the tokens equal those of the stream executor. ``output_logits`` returns the original model's logits,
-    ``output_scores`` the processed (contrasted) scores, on both executors.
+    under greedy decoding the tokens equal those of the stream executor. ``output_logits`` returns the original
+    model's logits, ``output_scores`` the processed (contrasted) scores, on both executors.
 
     Example:
         >>> from transformers import LlamaConfig, LlamaForCausalLM

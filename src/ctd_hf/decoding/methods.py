@@ -71,7 +71,8 @@ class DecodingMethod:
         if self.noise not in NOISE_TYPES:
             raise ValueError(f"Unknown noise {self.noise!r}; choose one of {NOISE_TYPES}.")
         if not 0 <= self.noise_rate <= 1:
-            raise ValueError(f"`noise_rate` (the share of words trunc_shuf keeps) must be in [0, 1], got {self.noise_rate}.")
+            raise ValueError(f"`noise_rate` (the share of words trunc_shuf keeps) must be in [0, 1], got "
+                             f"{self.noise_rate}.")
         if not 0 < self.plausibility <= 1:
             raise ValueError(f"`plausibility` (CD's alpha) must be in (0, 1], got {self.plausibility}.")
         if not (math.isfinite(self.amateur_temperature) and self.amateur_temperature > 0):
@@ -125,7 +126,8 @@ class DecodingMethod:
             return CTDContrast(model, self._prefix_tensor, self.strength)
         if self.name == "id":
             noisy = [noisy_message(message, self.noise, self.noise_rate) for message in messages]
-            encoded = [encode_prompt(format_prompt([m], prompt_format, tokenizer), tokenizer, prompt_format) for m in noisy]
+            encoded = [encode_prompt(format_prompt([message], prompt_format, tokenizer), tokenizer, prompt_format)
+                       for message in noisy]
             batch = pad_left(tokenizer, encoded).to(model.device)
             return InstructiveContrast(model, batch["input_ids"], batch["attention_mask"], self.strength)
         if self.name == "cd":

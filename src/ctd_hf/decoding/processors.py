@@ -33,8 +33,8 @@ class CTDProcessor(ContrastProcessor):
         >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
         ...                                      num_hidden_layers=1, num_attention_heads=2)).eval()
         >>> with CTDProcessor(model, torch.randn(4, 16), beta=0.3) as processor:
-        ...     model.generate(torch.tensor([[1, 5, 7]]), logits_processor=[processor], max_new_tokens=3, min_new_tokens=3,
-        ...                    do_sample=False, pad_token_id=0).shape
+        ...     model.generate(torch.tensor([[1, 5, 7]]), logits_processor=[processor], max_new_tokens=3,
+        ...                    min_new_tokens=3, do_sample=False, pad_token_id=0).shape
         torch.Size([1, 6])
     """
 
@@ -66,8 +66,8 @@ class InstructiveDecodingProcessor(ContrastProcessor):
         >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
         ...                                      num_hidden_layers=1, num_attention_heads=2)).eval()
         >>> with InstructiveDecodingProcessor(model, torch.tensor([[1, 9]]), strength=0.3) as processor:
-        ...     model.generate(torch.tensor([[1, 5, 7]]), logits_processor=[processor], max_new_tokens=3, min_new_tokens=3,
-        ...                    do_sample=False, pad_token_id=0).shape
+        ...     model.generate(torch.tensor([[1, 5, 7]]), logits_processor=[processor], max_new_tokens=3,
+        ...                    min_new_tokens=3, do_sample=False, pad_token_id=0).shape
         torch.Size([1, 6])
     """
 
@@ -103,8 +103,8 @@ class ContrastiveDecodingProcessor(ContrastProcessor):
         ...                                         num_hidden_layers=layers, num_attention_heads=2)).eval()
         >>> expert = tiny(2)
         >>> with ContrastiveDecodingProcessor(expert, tiny(1), alpha=0.1) as processor:
-        ...     expert.generate(torch.tensor([[1, 5, 7]]), logits_processor=[processor], max_new_tokens=3, min_new_tokens=3,
-        ...                     do_sample=False, pad_token_id=0).shape
+        ...     expert.generate(torch.tensor([[1, 5, 7]]), logits_processor=[processor], max_new_tokens=3,
+        ...                     min_new_tokens=3, do_sample=False, pad_token_id=0).shape
         torch.Size([1, 6])
     """
 

@@ -95,8 +95,8 @@ class ContrastProcessor(LogitsProcessor):
         >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
         ...                                      num_hidden_layers=1, num_attention_heads=2)).eval()
         >>> with ContrastProcessor(CTDContrast(model, torch.randn(4, 16), beta=0.3)) as processor:
-        ...     model.generate(torch.tensor([[1, 5, 7]]), logits_processor=[processor], max_new_tokens=3, min_new_tokens=3,
-        ...                    do_sample=False, pad_token_id=0).shape
+        ...     model.generate(torch.tensor([[1, 5, 7]]), logits_processor=[processor], max_new_tokens=3,
+        ...                    min_new_tokens=3, do_sample=False, pad_token_id=0).shape
         torch.Size([1, 6])
     """
 
@@ -149,6 +149,9 @@ class ContrastProcessor(LogitsProcessor):
             return
         self._several_tokens = False
         mask = kwargs.get("attention_mask")
+        if input_ids is not None and input_ids.shape[-1] == 0:
+            raise ValueError(f"{type(self).__name__} got an empty prompt (0 tokens): every prompt needs at least one "
+                             "token (start it with the BOS token).")
         if input_ids is None:
             self._prompt = {"inputs_embeds": True}
         else:

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
+from ..plots import token_change_histograms
 from ..records import write_json
 from .analysis import BINS, token_changes
-from ..plots import token_change_histograms
 from .statistics import RESAMPLES, task_statistics
 from .tasks import ScoreContext, get_task
 
@@ -40,7 +40,7 @@ def build_report(
     ``bootstrap_seed``.
     """
     output_dir = Path(output_dir)
-    report: dict[str, Any] = {"settings": {"model": model_name, **run_settings, "versions": _versions()},
+    report: dict[str, Any] = {"settings": {**run_settings, "versions": _versions()},
                               "benchmarks": {}}
     context = ScoreContext(output_dir=output_dir, model_name=model_name)
     for name, (items, predictions) in results.items():
@@ -57,7 +57,8 @@ def build_report(
             scores = {method: task.instance_scores(items, found) for method, found in answers.items()}
             result["statistics"] = task_statistics(scores, [i["group"] for i in items], task.primary_metric,
                                                    resamples=resamples, seed=bootstrap_seed)
-        changes = {method: token_changes(rows) for method, rows in records.items() if any("original" in r for r in rows)}
+        changes = {method: token_changes(rows) for method, rows in records.items()
+                   if any("original" in r for r in rows)}
         if changes:
             result["token_changes"] = changes
             token_change_histograms({method: records[method] for method in changes},
@@ -72,7 +73,11 @@ def build_report(
 
 def markdown_report(report: dict) -> str:
     """Each task's Markdown section (in the order run) followed by its statistics, then the token-change tables."""
-    lines = [f"# Evaluation of {report['settings']['model']}", ""]
+    model, evaluation = report["settings"]["model"], report["settings"]["eval"]
+    budgets = evaluation["max_new_tokens"] or "each task's own"
+    lines = [f"# Evaluation of {model['name']} ({model['dtype']}, weights {model['fingerprint'][:12]})", "",
+             f"Prompt format {evaluation['prompt_format']}; new tokens: {budgets}; source budget "
+             f"{evaluation['max_source_tokens']} tokens; greedy decoding.", ""]
     for name, result in report["benchmarks"].items():
         lines += get_task(name).markdown(result)
         if "statistics" in result:
@@ -95,7 +100,8 @@ def _groups(count: int) -> str:
     return f"{count} group" if count == 1 else f"{count} groups"
 
 
-def _verdict(a: str, b: str, low: float, high: float) -> str:
+def verdict(a: str, b: str, low: float, high: float) -> str:
+    """What the interval ``[low, high]`` of ``a - b`` says, in words."""
     if low > 0:
         return f"{a} is better than {b} (the interval excludes 0)"
     if high < 0:
@@ -126,7 +132,7 @@ def statistics_markdown(name: str, statistics: dict) -> list[str]:
         a, b = values["a"], values["b"]
         for metric, d in values["differences"].items():
             lines.append(f"- {pair} = {d['difference']:+.2f} {metric} [{d['low']:+.2f}, {d['high']:+.2f}], "
-                         f"p = {d['p_value']:.2g}: {_verdict(a, b, d['low'], d['high'])}.")
+                         f"p = {d['p_value']:.2g}: {verdict(a, b, d['low'], d['high'])}.")
         g = values["by_group"]
         sign = ("no sign test (fewer than 2 groups)" if g["sign_test_p"] is None
                 else f"sign test p = {g['sign_test_p']:.2g}")

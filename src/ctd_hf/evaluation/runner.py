@@ -1,8 +1,9 @@
 """The evaluation runner: every method on every task, predictions written as they are produced.
 
-Predictions go to ``<output_dir>/predictions/<task>/<method>/rank-<rank>.jsonl`` batch by batch, so a killed run restarted
-with the same settings answers only what is missing; under ``accelerate launch`` rank ``r`` answers the items whose
-index is ``r`` modulo the number of processes. Scoring and reports (:mod:`ctd_hf.evaluation.report`) read the files.
+Predictions go to ``<output_dir>/predictions/<task>/<method>/rank-<rank>.jsonl`` batch by batch, so a killed run
+restarted with the same settings answers only what is missing; under ``accelerate launch`` rank ``r`` answers the
+items whose index is ``r`` modulo the number of processes. Scoring and reports
+(:mod:`ctd_hf.evaluation.report`) read the files.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ..decoding.recording import OriginalPredictions
 from ..decoding.batch import check_prompt_lengths
 from ..distributed import process_state
 from ..models import fingerprint
-from ..prompts import encode_prompt, format_prompt
+from ..prompts import PROMPT_FORMATS, encode_prompt, format_prompt
 from ..records import append_records, read_records, write_json
 from .report import build_report
 from .tasks import Task, get_task
@@ -46,6 +47,18 @@ class EvalSettings:
     max_source_tokens: int = field(default=1024, metadata={"help": "Instruction + input tokens (tasks that cut)."})
     token_changes: bool = field(default=True, metadata={"help": "Record the original model's per-step predictions."})
 
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_source_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"EvalSettings.{name} must be an integer >= 1, got {value!r}.")
+        bad = {task: value for task, value in self.max_new_tokens.items()
+               if isinstance(value, bool) or not isinstance(value, int) or value < 1}
+        if bad:
+            raise ValueError(f"EvalSettings.max_new_tokens must give each task an integer >= 1, got {bad}.")
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ValueError(f"Unknown prompt_format {self.prompt_format!r}; choose one of {PROMPT_FORMATS}.")
+
     def task_options(self, task: Task) -> Any:
         """``task``'s options as its options dataclass."""
         return task.make_options(self.options.get(task.name))
@@ -56,12 +69,17 @@ class EvalSettings:
 
 
 def truncate_message(message: dict, tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> dict:
-    """Cut the task input so that instruction and input together hold at most ``max_tokens`` tokens."""
+    """Cut the task input so that instruction and input together hold at most ``max_tokens`` tokens, refusing an
+    instruction that alone fills the budget (the task input would be cut away entirely)."""
     head = len(tokenizer(message["content"] + "\n\n", add_special_tokens=False)["input_ids"])
     ids = tokenizer(message["input"], add_special_tokens=False)["input_ids"]
     if head + len(ids) <= max_tokens:
         return message
-    return {**message, "input": tokenizer.decode(ids[: max(max_tokens - head, 0)])}
+    if head >= max_tokens:
+        raise ValueError(f"The instruction {message['content'][:40]!r}... alone holds {head} tokens, at least the "
+                         f"source budget max_source_tokens={max_tokens}: its task input would be cut away entirely. "
+                         "Raise max_source_tokens (the protocol's is 1024).")
+    return {**message, "input": tokenizer.decode(ids[: max_tokens - head])}
 
 
 def _choice_ids(tokenizer: PreTrainedTokenizerBase, choices: tuple[str, ...]) -> list[list[int]]:
@@ -177,6 +195,8 @@ def run_evaluation(
     returns it (the others return None).
     """
     state = process_state()
+    if Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise NotADirectoryError(f"The output folder {output_dir} is a file: choose another --output-dir.")
     if not settings.benchmarks:
         raise ValueError("No benchmark to run: name at least one task (ctd_hf.evaluation.tasks.task_names()).")
     if not methods:
@@ -217,8 +237,6 @@ def _answer_key(method: dict) -> dict:
 def _check_resumable(output_dir: Path, current: dict, tasks: list[Task], is_main_process: bool) -> None:
     """Refuse to add predictions to a folder written with other settings (another model, a method's settings, the
     prompt format, the token limits...): a resumed run must not mix them. More methods or tasks than before are fine."""
-    if output_dir.exists() and not output_dir.is_dir():
-        raise NotADirectoryError(f"The output folder {output_dir} is a file: choose another --output-dir.")
     path = output_dir / "eval_settings.json"
     if path.is_file():
         previous = json.loads(path.read_text())

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..decoding.methods import DecodingMethod
+from ..evaluation.report import verdict
 from ..evaluation.runner import EvalSettings, run_evaluation
 from ..evaluation.tasks.superni import CATEGORY_ABBREVIATIONS, ordered_categories
 from ..models import load_model_and_tokenizer, model_id
@@ -29,6 +30,7 @@ class DemoSettings:
     tuning: TuneSettings = field(default_factory=TuneSettings)
     instances: int = field(default=20, metadata={"help": "Instances per held-out task (4 tasks)."})
     max_new_tokens: int = field(default=64, metadata={"help": "New tokens per answer."})
+    max_source_tokens: int = field(default=1024, metadata={"help": "Instruction + input tokens (the protocol's)."})
     beta: float = field(default=0.3, metadata={"help": "CTD's decoding strength."})
     id_strength: float = field(default=0.3, metadata={"help": "Instructive Decoding's strength (official default)."})
     batch_size: int = field(default=8, metadata={"help": "Prompts per generate() call."})
@@ -61,7 +63,8 @@ def run_demo(
     evaluation = EvalSettings(options={"superni": {"tasks": "sample/test_tasks.txt",
                                                    "max_instances": settings.instances}},
                               prompt_format=settings.tuning.prompt_format, batch_size=settings.batch_size,
-                              max_new_tokens={"superni": settings.max_new_tokens})
+                              max_new_tokens={"superni": settings.max_new_tokens},
+                              max_source_tokens=settings.max_source_tokens)
     report = run_evaluation(base, tokenizer, methods, evaluation, output_dir / "eval", model_id(base))
     _phase(steps, steps, "report", started)
     print(summary(report, output_dir / "eval"))
@@ -101,10 +104,8 @@ def summary(report: dict, folder: Path) -> str:
         cells += [f"{methods[a]['categories'][c]['rougeL'] - methods[b]['categories'][c]['rougeL']:+.2f}"
                   for c in categories]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-        verdict = ("within noise: the interval includes 0" if low <= 0 <= high else
-                   f"{a} is better" if difference > 0 else f"{b} is better")
         verdicts.append(f"- {label}: {difference:+.2f} Rouge-L [{low:+.2f}, {high:+.2f}], p = {p_value:.3g}: "
-                        f"{verdict}.")
+                        f"{verdict(a, b, low, high)}.")
     return "\n".join([*lines, "", "Differences: paired over the same instances; 95% paired-bootstrap interval "
                        "(overall column).", "", *verdicts, "", f"Full report: {folder / 'report.md'} (and "
                        "report.json, superni_categories.png, token_changes_superni.png)."])

@@ -7,8 +7,8 @@ trial on a few instances per task, the best share of them on more. Plain decodin
 strengths are measured on the same instances once, as the bar a trial must clear.
 
 Everything lives in one folder and resumes: ``sweep.json`` (the settings: a rerun with others is refused),
-``data/`` (built tuning data), ``baselines/``, ``trials/<id>/`` (``trial.json``, ``prefix/``, ``dev/``, ``rung-<k>.json``),
-and the leaderboard (``leaderboard.md``, ``leaderboard.json``, ``leaderboard.png``).
+``data/`` (built tuning data), ``baselines/``, ``trials/<id>/`` (``trial.json``, ``prefix/``, ``dev/``,
+``rung-<k>.json``), and the leaderboard (``leaderboard.md``, ``leaderboard.json``, ``leaderboard.png``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import json
 import math
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -31,7 +32,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..decoding.methods import DecodingMethod
-from ..evaluation.runner import EvalSettings, run_evaluation
+from ..evaluation.report import verdict
+from ..evaluation.runner import EvalSettings, collect_predictions, run_evaluation
 from ..evaluation.statistics import paired_bootstrap
 from ..evaluation.tasks import get_task
 from ..models import load_model_and_tokenizer, model_id
@@ -98,6 +100,7 @@ class SweepSettings:
         "help": "Successive halving: development instances per task at each rung."})
     keep: float = field(default=1 / 3, metadata={"help": "Share of trials promoted to the next rung."})
     max_new_tokens: int = field(default=64, metadata={"help": "New tokens when decoding the development tasks."})
+    max_source_tokens: int = field(default=1024, metadata={"help": "Instruction + input tokens (the protocol's)."})
     id_strengths: tuple[float, ...] = field(default=(0.1, 0.3, 0.5), metadata={
         "help": "Instructive Decoding strengths measured as baselines."})
     eval_batch_size: int = field(default=8, metadata={"help": "Prompts per generate() call."})
@@ -164,8 +167,9 @@ class Sweep:
         task = {"tasks": self.settings.dev_tasks, "max_instances": self.settings.rungs[rung],
                 "categories": "sample/train_task_test_category_analog.json"}
         return EvalSettings(options={"superni": task}, prompt_format=self.settings.prompt_format,
-                            batch_size=self.settings.eval_batch_size, max_new_tokens={"superni":
-                                                                                      self.settings.max_new_tokens})
+                            batch_size=self.settings.eval_batch_size,
+                            max_new_tokens={"superni": self.settings.max_new_tokens},
+                            max_source_tokens=self.settings.max_source_tokens)
 
     # ---------------------------------------------------------------------------------------------- running
     def run_baselines(self, rung: int) -> dict:
@@ -194,7 +198,8 @@ class Sweep:
                                     batch_size=self.settings.batch_size, save_steps=8, seed=self.settings.seed)
             tune(settings, prefix, self.settings.model, disable_tqdm=True)
         model, tokenizer = load_model_and_tokenizer(self.settings.model)
-        methods = {f"ctd@{b:g}": DecodingMethod("ctd", strength=b, prefix=str(prefix)) for b in self.settings.space.betas}
+        methods = {f"ctd@{beta:g}": DecodingMethod("ctd", strength=beta, prefix=str(prefix))
+                   for beta in self.settings.space.betas}
         report = run_evaluation(model, tokenizer, methods, self.eval_settings(rung), folder / "dev", model_id(model),
                                 self.settings.seed)
         train = json.loads((prefix / "train_results.json").read_text())
@@ -215,11 +220,22 @@ def _worker_threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-def run_trials(sweep: Sweep, names: list[str], rung: int, deadline: float | None, position: int = 0) -> None:
-    """Run ``names`` at ``rung`` in this process, stopping before a trial once ``deadline`` (epoch seconds) passed."""
+def run_trials(
+    sweep: Sweep, names: list[str], rung: int, deadline: float | None, claims: Path | None = None, position: int = 0
+) -> None:
+    """Run ``names`` at ``rung`` in this process, stopping before a trial once ``deadline`` (epoch seconds) passed.
+
+    With ``claims`` (a folder shared by worker processes), a trial is run only by the worker that first creates its
+    claim file there, so idle workers take the next trial whatever the others are doing.
+    """
     for name in tqdm(names, desc=f"rung {rung}", unit="trial", position=position, file=sys.stderr):
         if deadline is not None and time.time() > deadline:
             break
+        if claims is not None:
+            try:
+                os.close(os.open(claims / name, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                continue
         sweep.run_trial(name, rung)
 
 
@@ -255,8 +271,12 @@ def run_sweep(
 
 
 def _run_workers(sweep: Sweep, pending: list[str], rung: int, deadline: float | None, workers: int) -> None:
-    plan = sweep.root / f"rung-{rung}-plan.json"
-    write_json(plan, {"trials": pending, "deadline": deadline})
+    # Longest tuning first, so the last trials to finish are short ones; claims from an interrupted run are void.
+    plan, claims = sweep.root / f"rung-{rung}-plan.json", sweep.root / f"rung-{rung}-claims"
+    shutil.rmtree(claims, ignore_errors=True)
+    claims.mkdir(parents=True)
+    order = sorted(pending, key=lambda name: -sweep.trials[name]["steps"])
+    write_json(plan, {"trials": order, "deadline": deadline})
     env = {**os.environ, "OMP_NUM_THREADS": str(_worker_threads(workers))}
     processes = [subprocess.Popen([sys.executable, "-m", "ctd_hf.cli", "sweep", "--output-dir", str(sweep.root),
                                    "--worker", f"{index}/{workers}", "--rung", str(rung)], env=env)
@@ -268,12 +288,12 @@ def _run_workers(sweep: Sweep, pending: list[str], rung: int, deadline: float | 
 
 
 def run_worker(output_dir: str | Path, index: int, workers: int, rung: int) -> None:
-    """One worker process of :func:`run_sweep`: the trials ``index::workers`` of the rung's plan."""
+    """One worker process of :func:`run_sweep`: the rung's planned trials that no other worker has claimed."""
     root = Path(output_dir)
     settings = settings_from_json(json.loads((root / "sweep.json").read_text()))
     plan = json.loads((root / f"rung-{rung}-plan.json").read_text())
     torch.set_num_threads(_worker_threads(workers))
-    run_trials(Sweep(settings, root), plan["trials"][index::workers], rung, plan["deadline"], position=index)
+    run_trials(Sweep(settings, root), plan["trials"], rung, plan["deadline"], root / f"rung-{rung}-claims", index)
 
 
 def settings_from_json(values: dict) -> SweepSettings:
@@ -291,8 +311,6 @@ def _result(sweep: Sweep, name: str, rung: int) -> dict | None:
 # -------------------------------------------------------------------------------------------------- leaderboard
 def _instance_scores(folder: Path, label: str, rung_items: list[dict]) -> list[float]:
     """Per-instance Rouge-L of ``label``'s predictions in an evaluation folder, on ``rung_items``."""
-    from ..evaluation.runner import collect_predictions
-
     found = collect_predictions(folder, "superni", label)
     task = get_task("superni")
     return task.instance_scores(rung_items, [found[item["id"]]["prediction"] for item in rung_items])["rougeL"]
@@ -363,13 +381,23 @@ def leaderboard_markdown(board: dict) -> str:
                      + f" | {last['score']:.2f} | " + ("-" if gap is None else f"{gap:+.4f}") + " |")
     if board["pending"]:
         lines += ["", f"Not run yet (time budget): {', '.join(board['pending'])}."]
+    first = [row for row in board["trials"] if row["results"][0]["rung"] == 0]
+    varied = [knob for knob in KNOBS if len({str(row["knobs"][knob]) for row in first}) > 1]
+    if varied:
+        lines += ["", "## What each knob did (rung 0: mean of each trial's best score, over the trials with that "
+                  "value)", ""]
+        for knob in varied:
+            means = {}
+            for row in first:
+                means.setdefault(str(row["knobs"][knob]), []).append(row["results"][0]["score"])
+            lines.append(f"- {knob}: " + ", ".join(f"{value} {statistics.fmean(scores):.2f} ({len(scores)})"
+                                                   for value, scores in sorted(means.items())))
     if "winner" in board:
         winner = board["winner"]
         lines += ["", "## Selected", "", f"Trial `{winner['trial']}` at {winner['beta']}: development Rouge-L "
                   f"{winner['score']:.2f} on {winner['instances']} instances (rung {winner['rung']}).", ""]
         for label, diff in winner["versus"].items():
-            verdict = "within noise" if diff["low"] <= 0 <= diff["high"] else (
-                "better" if diff["difference"] > 0 else "worse")
             lines.append(f"- {winner['beta']} - {label} = {diff['difference']:+.2f} [{diff['low']:+.2f}, "
-                         f"{diff['high']:+.2f}], p = {diff['p_value']:.3g}: {verdict}.")
+                         f"{diff['high']:+.2f}], p = {diff['p_value']:.3g}: "
+                         f"{verdict(winner['beta'], label, diff['low'], diff['high'])}.")
     return "\n".join(lines) + "\n"

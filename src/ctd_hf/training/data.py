@@ -48,8 +48,9 @@ def _check_example(example: dict) -> None:
     if missing:
         raise ValueError(f"the example has {sorted(example)}, missing {missing}.")
     messages = _to_messages(example)["messages"]
-    if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m and isinstance(m.get("content"), str)
-                                                 for m in messages):
+    well_formed = isinstance(messages, list) and all(
+        isinstance(m, dict) and "role" in m and isinstance(m.get("content"), str) for m in messages)
+    if not well_formed:
         raise ValueError("messages must be a list of {role, content} objects with string content.")
     if messages[-1]["role"] != "assistant" or not messages[-1]["content"].strip():
         raise ValueError("the example must end with a non-empty assistant answer.")

@@ -92,7 +92,8 @@ def read_card(path: str | Path) -> dict[str, Any]:
     try:
         return json.loads(card.read_text())
     except json.JSONDecodeError as error:
-        raise AdapterMismatchError(f"{card} is corrupt ({error}); restore it or delete it to skip its checks.") from None
+        raise AdapterMismatchError(f"{card} is corrupt ({error}); restore it or delete it to skip its "
+                                   "checks.") from None
 
 
 def check_adapter(model: PreTrainedModel, path: str | Path) -> PeftConfig:
@@ -134,7 +135,8 @@ def check_adapter(model: PreTrainedModel, path: str | Path) -> PeftConfig:
             )
     if card.get("hidden_size", hidden_size) != hidden_size:
         raise AdapterMismatchError(
-            f"The adapter in {path} was trained for hidden size {card['hidden_size']}, the model has {hidden_size}. {fix}"
+            f"The adapter in {path} was trained for hidden size {card['hidden_size']}, the model has "
+            f"{hidden_size}. {fix}"
         )
     if card.get("vocab_size", vocab_size) != vocab_size:
         raise AdapterMismatchError(
@@ -174,6 +176,9 @@ def resolve_prefix(model: PreTrainedModel, prefix: str | Path | PeftModel | torc
         embeddings = prefix_embeddings(prefix)
     elif isinstance(prefix, torch.Tensor):
         embeddings = prefix
+    elif not isinstance(prefix, (str, Path)):
+        raise TypeError(f"`prefix` is an adapter folder, a prompt-tuning PeftModel or a (num_virtual_tokens, hidden) "
+                        f"tensor, got {type(prefix).__name__}.")
     else:
         config = check_adapter(model, prefix)
         if not config.is_prompt_learning:

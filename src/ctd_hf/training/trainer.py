@@ -34,7 +34,8 @@ class CTDTrainer(Trainer):
         >>> from ctd_hf import CTDConfig, RightPaddingCollator, add_soft_prefix
         >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
         ...                                      num_hidden_layers=1, num_attention_heads=2))
-        >>> data = datasets.Dataset.from_dict({"input_ids": [[1, 5, 7, 9], [1, 6, 8]], "attention_mask": [[1] * 4, [1] * 3],
+        >>> data = datasets.Dataset.from_dict({"input_ids": [[1, 5, 7, 9], [1, 6, 8]],
+        ...                                    "attention_mask": [[1] * 4, [1] * 3],
         ...                                    "labels": [[-100, -100, 7, 9], [-100, 6, 8]]})
         >>> args = CTDConfig(output_dir=tempfile.mkdtemp(), alpha=0.3, max_steps=1, per_device_train_batch_size=2,
         ...                  report_to="none", save_strategy="no", disable_tqdm=True)
@@ -72,7 +73,8 @@ class CTDTrainer(Trainer):
         if not isinstance(model, PeftModel):
             raise TypeError(
                 "CTDTrainer trains a correction adapter: pass `peft_config=PromptTuningConfig(...)` (or LoraConfig), "
-                f"or a model wrapped by `add_soft_prefix(model)` or `get_peft_model`, not a bare {type(model).__name__}."
+                "or a model wrapped by `add_soft_prefix(model)` or `get_peft_model`, not a bare "
+                f"{type(model).__name__}."
             )
         if args.alpha == 0:
             warnings.warn("alpha=0 makes the loss the plain SFT loss, which gives the adapter no gradient: training "
@@ -141,7 +143,8 @@ class CTDTrainer(Trainer):
         (contrastive minus original: the adapter is learning when it falls below 0), per logging window and, at the
         end, over the run (``train_original_loss``, ``train_loss_gap``)."""
         if self._first_step is not None and ("loss" in logs or "train_loss" in logs):
-            window = nested_gather(self._original_loss.detach(), self.args.parallel_mode).mean().item()  # since last log
+            # The original loss since the last log, averaged over processes as Trainer averages the loss.
+            window = nested_gather(self._original_loss.detach(), self.args.parallel_mode).mean().item()
             self._original_total += window
             self._original_loss = torch.zeros(())
             if "loss" in logs:

@@ -2,9 +2,10 @@
 
 The run writes into one folder: ``tune_settings.json`` (the settings and the model's fingerprint), Trainer checkpoints,
 the final adapter (``adapter_config.json``, ``adapter_model.safetensors``, ``ctd_hf.json``), ``train_results.json``
-and ``loss_curves.png`` (the contrastive loss against the original model's loss on the same batches). Rerun with the same settings, it resumes from the last checkpoint; with another model or
-other settings it refuses, so one folder never mixes two runs. Only the length of training (``epochs``,
-``max_steps``) and the checkpoint interval may change between reruns.
+and ``loss_curves.png`` (the contrastive loss against the original model's loss on the same batches). Rerun with the
+same settings, it resumes from the last complete checkpoint; with another model or other settings it refuses, so one
+folder never mixes two runs. Only the length of training (``epochs``, ``max_steps``) and the checkpoint interval may
+change between reruns.
 """
 
 from __future__ import annotations
