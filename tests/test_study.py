@@ -95,8 +95,8 @@ def test_tuning_data_sources(model_dir, tmp_path):
 
 
 def test_demo_reports_differences_with_intervals(model_dir, tmp_path, capsys):
-    settings = DemoSettings(tuning=TuneSettings(max_steps=1, batch_size=2, max_length=128), instances=2,
-                            max_new_tokens=4, max_source_tokens=3000)
+    tuning = TuneSettings(data="superni", max_steps=1, batch_size=2, max_length=2048)
+    settings = DemoSettings(tuning=tuning, instances=2, max_new_tokens=4, max_source_tokens=3000)
     report = run_demo(tmp_path / "demo", settings, model=str(model_dir))
     printed = capsys.readouterr().out
     assert "| Method | Overall | CR | TE | CEC | DT |" in printed  # the paper's Table 1 order
@@ -105,5 +105,23 @@ def test_demo_reports_differences_with_intervals(model_dir, tmp_path, capsys):
     assert set(report["benchmarks"]["superni"]["methods"]) == {"od", "id", "ctd"}
     for name in ("report.md", "report.json", "superni_categories.png"):
         assert (tmp_path / "demo" / "eval" / name).is_file()
+    tuned_on = (tmp_path / "demo" / "data" / "superni.jsonl").read_text().splitlines()
+    assert len(tuned_on) == len(superni_rows()) and json.loads(tuned_on[0])["messages"][-1]["role"] == "assistant"
     again = run_demo(tmp_path / "demo", settings, model=str(model_dir))  # resumes: nothing left to tune or decode
     assert again["benchmarks"] == report["benchmarks"]
+
+
+@pytest.mark.parametrize("argv, folder, settings", [
+    ([], "runs/demo", "FULL"), (["--quick"], "runs/demo-quick", "QUICK"), (["--quick", "--output-dir", "mine"], "mine",
+                                                                           "QUICK")])
+def test_demo_and_quick_demo_write_to_separate_folders(monkeypatch, argv, folder, settings):
+    """A quick run first must not block the full one: their tuning settings differ, so one folder would refuse."""
+    import ctd_hf.cli.demo as cli_demo
+    from ctd_hf.cli import main
+    from ctd_hf.study import demo
+
+    calls = []
+    monkeypatch.setattr(cli_demo, "run_demo", lambda output_dir, chosen, prefix, model: calls.append((output_dir,
+                                                                                                      chosen)))
+    main(["demo", *argv])
+    assert calls == [(folder, getattr(demo, settings))]

@@ -12,8 +12,9 @@ from .arguments import output_folder
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     demo = subparsers.add_parser("demo", help="Does CTD help this model? Tune a prefix, decode a held-out SuperNI "
                                               "sample with od, id and ctd, and report differences with intervals.")
-    demo.add_argument("--output-dir", type=output_folder, default="runs/demo",
-                      help="The prefix, predictions and report go here; a rerun resumes.")
+    demo.add_argument("--output-dir", type=output_folder, default=None,
+                      help="The prefix, predictions and report go here (default runs/demo, or runs/demo-quick with "
+                           "--quick, so the two never meet in one folder); a rerun resumes.")
     demo.add_argument("--prefix", default=None, help="Reuse a prefix folder (written by `ctd-hf tune`) instead of "
                                                      "tuning one.")
     demo.add_argument("--quick", action="store_true", help="A small run that shows the pipeline (a few minutes); "
@@ -24,4 +25,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    return run_demo(args.output_dir, QUICK if args.quick else FULL, args.prefix, args.model)
+    output_dir = args.output_dir or ("runs/demo-quick" if args.quick else "runs/demo")
+    return run_demo(output_dir, QUICK if args.quick else FULL, args.prefix, args.model)

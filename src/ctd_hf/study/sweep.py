@@ -40,7 +40,7 @@ from ..models import load_model_and_tokenizer, model_id
 from ..plots import knob_panels
 from ..records import write_json
 from ..training.tuning import TuneSettings, tune
-from .tuning_data import ALPACA, TUNING_DATA, self_generated_rows, superni_rows, write_rows
+from .tuning_data import TUNING_DATA, tuning_data_path
 
 KNOBS = ("data", "learning_rate", "steps", "alpha", "num_virtual_tokens", "init", "fraction")
 SEARCHES = ("grid", "random")
@@ -148,20 +148,7 @@ class Sweep:
 
     def data_path(self, name: str) -> str:
         """The tuning data file of ``name`` (built on first use)."""
-        if name not in TUNING_DATA:
-            return name
-        if name == "alpaca":
-            return str(ALPACA)
-        path = self.root / "data" / f"{name}.jsonl"
-        if not path.is_file():
-            if name == "superni":
-                write_rows(superni_rows(), path)
-            else:
-                model, tokenizer = load_model_and_tokenizer(self.settings.model)
-                rows = self_generated_rows(model, tokenizer, self.root / "data" / "self-answers.jsonl",
-                                           self.settings.prompt_format)
-                write_rows(rows, path)
-        return str(path)
+        return tuning_data_path(name, self.root / "data", self.settings.model, self.settings.prompt_format)
 
     def eval_settings(self, rung: int) -> EvalSettings:
         task = {"tasks": self.settings.dev_tasks, "max_instances": self.settings.rungs[rung],

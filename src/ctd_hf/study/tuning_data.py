@@ -1,4 +1,4 @@
-"""Tuning data beyond the Alpaca sample, for the sweep.
+"""Tuning data beyond the Alpaca sample, for the sweep and the demo.
 
 The CTD paper tunes on a sample of the model's own SFT data, which the default model does not publish. The proxies:
 
@@ -18,6 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..decoding.batch import generate_answers
 from ..evaluation.tasks import get_task
+from ..models import load_model_and_tokenizer
 from ..records import append_records, load_json_records, read_records
 from ..resources import resource_path
 
@@ -65,3 +66,21 @@ def write_rows(rows: list[dict], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     return path
+
+
+def tuning_data_path(name: str, folder: Path, model: str = "default", prompt_format: str = "chatml") -> str:
+    """The file of tuning data ``name``: the shipped Alpaca sample, or ``folder/<name>.jsonl`` built on first use
+    (``self`` generates with ``model``, resuming); any other name is taken as a path."""
+    if name not in TUNING_DATA:
+        return name
+    if name == "alpaca":
+        return str(ALPACA)
+    path = folder / f"{name}.jsonl"
+    if not path.is_file():
+        if name == "superni":
+            rows = superni_rows()
+        else:
+            loaded, tokenizer = load_model_and_tokenizer(model)
+            rows = self_generated_rows(loaded, tokenizer, folder / "self-answers.jsonl", prompt_format)
+        write_rows(rows, path)
+    return str(path)
