@@ -41,7 +41,7 @@ class DemoSettings:
 
 # The sweep's best 16-step trial on the development tasks (docs/results.md): 16 steps fit the 12-minute budget.
 FULL = DemoSettings(tuning=TuneSettings(data="superni", max_steps=16, learning_rate=1e-2, batch_size=8,
-                                        max_length=256), instances=15, beta=0.1)
+                                        max_length=256), instances=25, beta=0.1)
 QUICK = DemoSettings(tuning=TuneSettings(data="superni", max_steps=4, learning_rate=1e-2, batch_size=4,
                                          max_length=256), instances=5, max_new_tokens=24, beta=0.1)
 

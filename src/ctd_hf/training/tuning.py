@@ -122,7 +122,8 @@ def tune(
         num_train_epochs=settings.epochs, max_steps=settings.max_steps or -1,
         per_device_train_batch_size=settings.batch_size, gradient_accumulation_steps=settings.grad_accum,
         save_steps=settings.save_steps, save_total_limit=2, logging_steps=1, seed=settings.seed, report_to="none",
-        prompt_format=settings.prompt_format, max_length=settings.max_length, **training_args,
+        prompt_format=settings.prompt_format, max_length=settings.max_length,
+        **{"dataloader_pin_memory": model.device.type == "cuda", **training_args},  # pinning warns off a GPU
     )
     trainer = CTDTrainer(model=model, args=config, train_dataset=train_dataset, processing_class=tokenizer)
     if checkpoint:
