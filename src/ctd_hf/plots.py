@@ -81,7 +81,8 @@ def knob_panels(path: str | Path, rows: list[dict], knobs: list[str], baselines:
         axis.scatter([positions[str(row[knob])] for row in rows], [row["score"] for row in rows], alpha=0.7)
         for label, score in baselines.items():
             axis.axhline(score, linewidth=0.8, linestyle="--", color="grey")
-            axis.annotate(label, (len(values) - 0.5, score), fontsize=7, color="grey", va="bottom", ha="right")
+            axis.annotate(label, (0.99, score), xycoords=("axes fraction", "data"), fontsize=7, color="grey",
+                          va="bottom", ha="right")
         axis.set_xticks(range(len(values)), values, rotation=30, fontsize=8)
         axis.set_title(knob)
         axis.set_ylabel(ylabel, fontsize=8)

@@ -339,8 +339,8 @@ def write_leaderboard(sweep: Sweep) -> dict:
     (sweep.root / "leaderboard.md").write_text(leaderboard_markdown(board))
     if finished:
         knob_panels(sweep.root / "leaderboard.png", [{**row["knobs"], "score": row["results"][0]["score"],
-                                                      "beta": row["results"][0]["best"]} for row in finished],
-                    [*KNOBS, "beta"], board["baselines"].get(0, {}), "development Rouge-L (rung 0)")
+                                                      "best beta": row["results"][0]["best"]} for row in finished],
+                    [*KNOBS, "best beta"], board["baselines"].get(0, {}), "development Rouge-L (rung 0)")
     return board
 
 
