@@ -85,5 +85,7 @@ def test_missing_task_data_says_so(tmp_path):
         _load("alpacaeval", path=str(tmp_path / "nothing.json"))
     with pytest.raises(FileNotFoundError, match="task list .* does not exist"):
         _load("superni", dir=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="categories file .*no_such.json does not exist"):
+        _load("superni", tasks="sample/train_tasks.txt", categories="sample/no_such.json")  # not silently ignored
     with pytest.raises(ValueError, match="`limit` must be an integer >= 1"):
         _load("drop", limit=0)

@@ -79,9 +79,17 @@ def load_superni(options: SuperNIOptions) -> list[dict]:
     names = [line.strip() for line in task_list.read_text().splitlines() if line.strip()]
     if not names:
         raise ValueError(f"{task_list} lists no task.")
-    categories_file = options.categories or ("default/test_task_categories.json" if options.dataset else None)
-    categories = json.loads((splits / categories_file).read_text()) if categories_file and (
-        splits / categories_file).is_file() else {}
+    default_categories = splits / "default" / "test_task_categories.json"
+    if options.categories:
+        categories_file = splits / options.categories
+        if not categories_file.is_file():
+            raise FileNotFoundError(f"The categories file {categories_file} does not exist: name a task -> category "
+                                    "JSON under the splits/ folder, or leave the categories option out.")
+        categories = json.loads(categories_file.read_text())
+    elif options.dataset and default_categories.is_file():
+        categories = json.loads(default_categories.read_text())
+    else:
+        categories = {}
     tasks = _from_dataset(options, set(names)) if options.dataset else _from_task_files(options, names)
     items = []
     for name in names:
