@@ -15,6 +15,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+def check_output_folder(path: str | Path) -> Path:
+    """``path`` as a ``Path``, refused when it is a file: a run's output folder may exist (a resume), or not yet."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"The output folder {path} is a file: choose another --output-dir.")
+    return path
+
+
 def load_json_records(path: str | Path, check: Callable[[Any], None] | None = None) -> list[Any]:
     """The records of a JSON list or a JSON Lines file (``.jsonl`` in the name, or one document per line), gzip
     allowed, refusing a missing, empty or malformed file with its name and line.

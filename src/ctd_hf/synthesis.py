@@ -30,7 +30,7 @@ from .decoding.methods import DecodingMethod
 from .distributed import process_state
 from .models import fingerprint
 from .prompts import PROMPT_FORMATS
-from .records import append_records, load_json_records, read_records, write_json
+from .records import append_records, check_output_folder, load_json_records, read_records, write_json
 
 OUTPUT_FORMATS = ("alpaca", "messages")
 CONFIG_NAME = "synthesis_config.json"
@@ -113,9 +113,7 @@ def synthesize(
     kwargs = {"max_new_tokens": 128, "do_sample": False, **(generate_kwargs or {})}
     records = load_instructions(instructions, limit)
     method.check(expert, tokenizer)
-    output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise NotADirectoryError(f"The output folder {output_dir} is a file: choose another output folder.")
+    output_dir = check_output_folder(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     config = {
         "ctd_hf_version": __version__,

@@ -25,7 +25,7 @@ from ..decoding.batch import check_prompt_lengths
 from ..distributed import process_state
 from ..models import fingerprint
 from ..prompts import PROMPT_FORMATS, encode_prompt, format_prompt
-from ..records import append_records, read_records, write_json
+from ..records import append_records, check_output_folder, read_records, write_json
 from .report import build_report
 from .tasks import Task, get_task
 
@@ -195,8 +195,7 @@ def run_evaluation(
     returns it (the others return None).
     """
     state = process_state()
-    if Path(output_dir).exists() and not Path(output_dir).is_dir():
-        raise NotADirectoryError(f"The output folder {output_dir} is a file: choose another --output-dir.")
+    check_output_folder(output_dir)
     if not settings.benchmarks:
         raise ValueError("No benchmark to run: name at least one task (ctd_hf.evaluation.tasks.task_names()).")
     if not methods:

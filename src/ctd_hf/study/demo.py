@@ -19,6 +19,7 @@ from ..evaluation.report import verdict
 from ..evaluation.runner import EvalSettings, run_evaluation
 from ..evaluation.tasks.superni import CATEGORY_ABBREVIATIONS, ordered_categories
 from ..models import load_model_and_tokenizer, model_id
+from ..records import check_output_folder
 from ..training.tuning import TuneSettings, tune
 from .tuning_data import tuning_data_path
 
@@ -51,9 +52,7 @@ def run_demo(
 ) -> dict:
     """Tune (unless ``prefix`` is given; a rerun resumes), evaluate od, id and ctd on the held-out sample, print the
     summary and return the report (``report.md``, ``report.json`` and the charts are in ``output_dir/eval``)."""
-    output_dir, started = Path(output_dir), time.time()
-    if output_dir.exists() and not output_dir.is_dir():
-        raise NotADirectoryError(f"The output folder {output_dir} is a file: choose another --output-dir.")
+    output_dir, started = check_output_folder(output_dir), time.time()
     steps = 2 if prefix else 3
     if prefix is None:
         _phase(1, steps, f"tuning a {settings.tuning.num_virtual_tokens}-token prefix for {settings.tuning.max_steps} "

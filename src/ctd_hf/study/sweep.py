@@ -38,7 +38,7 @@ from ..evaluation.statistics import paired_bootstrap
 from ..evaluation.tasks import get_task
 from ..models import load_model_and_tokenizer, model_id
 from ..plots import knob_panels
-from ..records import write_json
+from ..records import check_output_folder, write_json
 from ..training.tuning import TuneSettings, tune
 from .tuning_data import TUNING_DATA, tuning_data_path
 
@@ -133,8 +133,7 @@ class Sweep:
     # ---------------------------------------------------------------------------------------------- setting up
     def prepare(self) -> None:
         """Refuse a folder swept with other settings; record ours."""
-        if self.root.exists() and not self.root.is_dir():
-            raise NotADirectoryError(f"The sweep folder {self.root} is a file: choose another --output-dir.")
+        check_output_folder(self.root)
         path, current = self.root / "sweep.json", json.loads(json.dumps(dataclasses.asdict(self.settings)))
         if path.is_file():
             previous = json.loads(path.read_text())

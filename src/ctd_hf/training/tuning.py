@@ -25,7 +25,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from ..models import fingerprint, load_model_and_tokenizer, model_id
 from ..plots import loss_curves
-from ..records import write_json
+from ..records import check_output_folder, write_json
 from ..resources import resource_path
 from .config import CTDConfig
 from .data import load_sft_data, tokenize_sft
@@ -99,9 +99,7 @@ def tune(
     ``model``/``tokenizer`` may be given already loaded (``model_name`` then only names them); ``training_args`` go
     to :class:`~ctd_hf.CTDConfig` (e.g. ``disable_tqdm=True``).
     """
-    output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise NotADirectoryError(f"The output folder {output_dir} is a file: choose another output folder.")
+    output_dir = check_output_folder(output_dir)
     transformers.set_seed(settings.seed)
     if (model is None) != (tokenizer is None):
         raise ValueError("Pass both `model` and `tokenizer`, or neither (then `model_name` is loaded).")
