@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from ctd_hf.models import ensure_pad_token
 from ctd_hf.resources import resource_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,8 +74,43 @@ def tokenizer(tokenizer_dir):
 
 
 @pytest.fixture
+def left_tokenizer(tokenizer):
+    """The tiny tokenizer with a pad token, padding on the left as the executors need."""
+    ensure_pad_token(tokenizer)
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+@pytest.fixture
 def tiny_model(tokenizer):
     return build_model(len(tokenizer))
+
+
+class DeprecationLog(logging.Handler):
+    """Collects the deprecation notices a logger emits (transformers announces some through its logger, not through
+    the warnings module that pytest's filterwarnings turns into errors)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "deprecat" in record.getMessage().lower():
+            self.messages.append(record.getMessage())
+
+
+@pytest.fixture(autouse=True)
+def no_logged_deprecations():
+    """Fail a test during which transformers logs a deprecation: like a DeprecationWarning, it comes from our call."""
+    handler = DeprecationLog()
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+    if handler.messages:
+        pytest.fail(f"transformers logged a deprecation: {handler.messages}")
 
 
 LONG = 4096  # positions: the tiny tokenizer splits text into about 3 times more tokens than a real one

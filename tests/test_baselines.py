@@ -12,19 +12,11 @@ import ctd_hf
 from ctd_hf import ContrastiveDecodingProcessor, InstructiveDecodingProcessor, noisy_instruction
 from ctd_hf.contrast import contrastive_decoding_scores
 from ctd_hf.decoding.noise import OPPOSITE, word_list
-from ctd_hf.models import ensure_pad_token
 
 from conftest import build_model
 
 PROMPTS = ["Give three tips for staying healthy.", "Hi", "What is the capital of France?"]
 NOISY = ["Hi there, say something.", OPPOSITE + "What is it?", "no"]  # lengths differ from the prompts'
-
-
-@pytest.fixture
-def left_tokenizer(tokenizer):
-    ensure_pad_token(tokenizer)
-    tokenizer.padding_side = "left"
-    return tokenizer
 
 
 def expert_and_amateur(vocab_size: int, amateur_rows: int | None = None):

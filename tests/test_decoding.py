@@ -14,19 +14,11 @@ from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausa
 
 import ctd_hf
 from ctd_hf import AdapterMismatchError, ContrastProcessor, CTDContrast, CTDProcessor
-from ctd_hf.models import ensure_pad_token
 
 from conftest import SFT_SAMPLE, build_model
 
 PROMPTS = ["Give three tips for staying healthy.", "Hi", "What is the capital of France?"]
 BETA = 0.5
-
-
-@pytest.fixture
-def left_tokenizer(tokenizer):
-    ensure_pad_token(tokenizer)
-    tokenizer.padding_side = "left"
-    return tokenizer
 
 
 def make_model(kind: str, vocab_size: int):

@@ -16,7 +16,7 @@ from conftest import ROOT
 PACKAGE = ROOT / "src" / "ctd_hf"
 # Lower layers never import higher ones: contrast -> decoding/training -> evaluation -> cli. decoding reads prefixes
 # through training.prefix (the one adapter format), so training sits below decoding.
-LAYERS = {"_version": 0, "resources": 0, "contrast": 0, "prompts": 0, "models": 0, "records": 0, "distributed": 0,
+LAYERS = {"_version": 0, "_compat": 0, "resources": 0, "contrast": 0, "prompts": 0, "models": 0, "records": 0, "distributed": 0,
           "plots": 0, "training": 1, "decoding": 2, "evaluation": 3, "synthesis": 3, "integrations": 3, "study": 4,
           "cli": 5}
 

@@ -139,9 +139,9 @@ def test_training_that_would_change_nothing_says_so(model, tok, tmp_path):
     """0.1: alpha=0 and all-masked labels trained nothing without a word."""
     data = tokenize_sft(load_sft_data(SFT_SAMPLE).select(range(4)), tok, max_length=64)
     args = dict(output_dir=str(tmp_path), report_to="none", max_steps=1)
+    prefixed = add_soft_prefix(model, 2)
     with pytest.warns(UserWarning, match="no gradient"):
-        CTDTrainer(model=add_soft_prefix(model, 2), args=CTDConfig(alpha=0.0, **args), train_dataset=data,
-                   processing_class=tok)
+        CTDTrainer(model=prefixed, args=CTDConfig(alpha=0.0, **args), train_dataset=data, processing_class=tok)
     masked = data.map(lambda example: {"labels": [-100] * len(example["labels"])})
     with pytest.raises(ValueError, match="Every label"):
         CTDTrainer(model=add_soft_prefix(build_model(len(tok)), 2), args=CTDConfig(**args), train_dataset=masked,

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .._compat import adapter_layers_enabled
 from ..contrast import check_strength, contrast_logits, contrastive_decoding_scores
 from ..training.prefix import resolve_prefix
 from .layout import check_left_padded, insert_prefix
@@ -171,13 +171,8 @@ class LoRAContrast(Contrast):
     def first_view(self) -> AbstractContextManager:
         return self.peft_model.disable_adapter()
 
-    @contextmanager
-    def second_view_forward(self) -> Iterator[None]:
-        self.peft_model.base_model.enable_adapter_layers()
-        try:
-            yield
-        finally:
-            self.peft_model.base_model.disable_adapter_layers()
+    def second_view_forward(self) -> AbstractContextManager:
+        return adapter_layers_enabled(self.peft_model)
 
 
 class InstructiveContrast(Contrast):

@@ -19,12 +19,13 @@ import torch.nn.functional as F
 from peft import PeftModel
 from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
+from .._compat import CACHE_ARGUMENT, CACHE_ARGUMENTS, find_cache
 from .contrasts import Contrast, decoding_model
 from .layout import check_left_padded, check_positions, positions_from_mask
 from .recording import OriginalPredictions
 from .stream import ContrastProcessor
 
-_UNSUPPORTED = ("past_key_values", "inputs_embeds", "assistant_model", "prompt_lookup_num_tokens",
+_UNSUPPORTED = (*CACHE_ARGUMENTS, "inputs_embeds", "assistant_model", "prompt_lookup_num_tokens",
                 "cache_implementation")
 
 
@@ -32,8 +33,7 @@ class DoubledCache(DynamicCache):
     """A KV cache of 2B rows (originals, then contrast rows) that ``generate()`` reorders as B rows under beams."""
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        rows = self.layers[0].keys.shape[0] // 2 if self.layers and self.layers[0].keys is not None else 0
-        super().reorder_cache(torch.cat([beam_idx, beam_idx + rows]))
+        super().reorder_cache(torch.cat([beam_idx, beam_idx + beam_idx.shape[0]]))  # one index per original row
 
 
 class DoubledBatch(LogitsProcessor):
@@ -64,11 +64,11 @@ class DoubledBatch(LogitsProcessor):
 
     def before(self, module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
         input_ids = kwargs.pop("input_ids", args[0] if args else None)
-        cache = kwargs.get("past_key_values")
+        cache = find_cache(args, kwargs)
         if input_ids is None or not isinstance(cache, DoubledCache):
             raise ValueError(
-                "generate_doubled() needs input_ids and its own DoubledCache: do not pass inputs_embeds, "
-                "past_key_values or cache_implementation, and do not call the model while it runs."
+                "generate_doubled() needs input_ids and its own DoubledCache: do not pass inputs_embeds, a cache "
+                "or cache_implementation, and do not call the model while it runs."
             )
         mask = kwargs.get("attention_mask")
         if mask is None:
@@ -180,5 +180,5 @@ def generate_doubled(
     doubled = DoubledBatch(contrast, record)
     processors = LogitsProcessorList([doubled, *(generate_kwargs.pop("logits_processor", None) or [])])
     with doubled.attached():
-        return model.generate(past_key_values=DoubledCache(config=model.config), logits_processor=processors,
+        return model.generate(logits_processor=processors, **{CACHE_ARGUMENT: DoubledCache(config=model.config)},
                               **generate_kwargs)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, LogitsProcessor, PreTrainedModel
 
+from .._compat import CACHE_ARGUMENT, find_cache
 from .contrasts import Contrast
 from .layout import check_left_padded, check_positions, positions_from_mask
 from .recording import OriginalPredictions
@@ -64,13 +65,10 @@ class ContrastStream:
         _STREAM_FORWARD.active = True
         try:
             with self.forward_context():
-                outputs = self.model(
-                    attention_mask=self.attention_mask, past_key_values=self.cache, use_cache=True, logits_to_keep=1,
-                    **inputs,
-                )
+                outputs = self.model(attention_mask=self.attention_mask, use_cache=True, logits_to_keep=1,
+                                     **{CACHE_ARGUMENT: self.cache}, **inputs)  # the cache grows in place
         finally:
             _STREAM_FORWARD.active = False
-        self.cache = outputs.past_key_values
         return outputs.logits[:, -1].float()
 
 
@@ -139,7 +137,7 @@ class ContrastProcessor(LogitsProcessor):
         if getattr(_STREAM_FORWARD, "active", False):
             return
         self._forwards += 1
-        cache = kwargs.get("past_key_values")
+        cache = find_cache(args, kwargs)
         if cache is not None and not isinstance(cache, DynamicCache):
             self._prompt = {"cache": type(cache).__name__}
             return
@@ -175,7 +173,7 @@ class ContrastProcessor(LogitsProcessor):
             if "cache" in prompt:
                 raise ValueError(
                     f"{name} got generate() with a {prompt['cache']}: it supports decoder-only models with the "
-                    "default dynamic cache. Drop cache_implementation / past_key_values from the generate() call."
+                    "default dynamic cache. Drop cache_implementation and the cache from the generate() call."
                 )
             if "inputs_embeds" in prompt:
                 raise ValueError(

@@ -20,8 +20,8 @@ from transformers import (DynamicCache, EpsilonLogitsWarper, EtaLogitsWarper, Ge
                           StoppingCriteriaList, SynthIDTextWatermarkLogitsProcessor, TemperatureLogitsWarper,
                           TopHLogitsWarper, TopKLogitsWarper, TopPLogitsWarper, TypicalLogitsWarper,
                           WatermarkLogitsProcessor)
-from transformers.generation.utils import GENERATION_MODES_MAPPING
 
+from .._compat import cache_keyword, decoding_loop, find_cache
 from ..decoding.contrasts import Contrast, decoding_model
 from ..decoding.doubled import DoubledBatch, DoubledCache
 from ..decoding.stream import ContrastProcessor
@@ -32,7 +32,6 @@ BACKENDS = ("doubled", "stream")
 _AFTER_CONTRAST = (TemperatureLogitsWarper, TopHLogitsWarper, TopKLogitsWarper, TopPLogitsWarper, MinPLogitsWarper,
                    TypicalLogitsWarper, EpsilonLogitsWarper, EtaLogitsWarper, WatermarkLogitsProcessor,
                    SynthIDTextWatermarkLogitsProcessor, LogitNormalization)
-_LOOPS = ("_sample", "_beam_search")  # greedy and sampling; beam search and beam sampling
 
 
 def custom_generate(
@@ -72,30 +71,28 @@ def custom_generate(
                         f"ContrastiveDecodingContrast) built on this model; got {type(contrast).__name__}.")
     if backend not in BACKENDS:
         raise ValueError(f"`backend` is one of {BACKENDS}, got {backend!r}.")
-    mode = generation_config.get_generation_mode()
-    loop_name = GENERATION_MODES_MAPPING.get(mode)
-    if loop_name not in _LOOPS:
+    loop = decoding_loop(model, generation_config)
+    if loop is None:
         raise ValueError(f"custom_generate runs greedy decoding, sampling and beam search; generate() asked for "
-                         f"{mode.value}. Drop the options that select it (penalty_alpha, num_beam_groups, constraints, "
-                         "dola_layers...).")
-    loop = getattr(type(model), loop_name)
+                         f"{generation_config.get_generation_mode().value}. Drop the options that select it "
+                         "(penalty_alpha, num_beam_groups, constraints, dola_layers...).")
     arguments = dict(stopping_criteria=stopping_criteria, generation_config=generation_config, **model_kwargs)
     if backend == "stream":
         with ContrastProcessor(contrast) as processor:
-            return loop(model, input_ids, logits_processor=_with_contrast(logits_processor, processor), **arguments)
+            return loop(input_ids, logits_processor=_with_contrast(logits_processor, processor), **arguments)
     if contrast.model is not decoding_model(model) or not contrast.shares_model:
         raise ValueError(f"The doubled backend runs one model; this {type(contrast).__name__} contrasts another model "
                          "or was built on another model: pass backend='stream'.")
-    cache = model_kwargs.get("past_key_values")
+    cache = find_cache((), model_kwargs)
     if type(cache) is not DynamicCache or cache.get_seq_length() or not model_kwargs.get("use_cache", True):
-        raise ValueError("The doubled backend keeps both views in its own DoubledCache: do not pass past_key_values, "
+        raise ValueError("The doubled backend keeps both views in its own DoubledCache: do not pass a cache, "
                          "cache_implementation or use_cache=False (or pass backend='stream').")
     # generate_doubled() wraps a whole generate() call; here generate() has already prepared the loop, so the same
     # hooks and processor are put around the loop, and its fresh cache is swapped for a doubled one.
     doubled = DoubledBatch(contrast, None)
-    arguments["past_key_values"] = DoubledCache(config=model.config)
+    arguments[cache_keyword(model_kwargs)] = DoubledCache(config=model.config)
     with doubled.attached():
-        return loop(model, input_ids, logits_processor=_with_contrast(logits_processor, doubled), **arguments)
+        return loop(input_ids, logits_processor=_with_contrast(logits_processor, doubled), **arguments)
 
 
 def _with_contrast(processors: LogitsProcessorList, contrast: LogitsProcessor) -> LogitsProcessorList:

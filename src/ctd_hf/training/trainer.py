@@ -158,10 +158,13 @@ class CTDTrainer(Trainer):
                 self._original_total, self._first_step = 0.0, None
         super().log(logs, *args, **kwargs)
 
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Save the adapter in peft's layout (Trainer's own code), plus the ``ctd_hf.json`` card the loader checks."""
-        super()._save(output_dir, state_dict)
-        write_card(output_dir or self.args.output_dir, self.accelerator.unwrap_model(self.model), alpha=self.args.alpha)
+    def save_model(self, output_dir: str | None = None, *args: Any, **kwargs: Any) -> None:
+        """Save the adapter in peft's layout (Trainer's own code, checkpoints included), plus the ``ctd_hf.json`` card
+        the loader checks."""
+        super().save_model(output_dir, *args, **kwargs)
+        if self.args.should_save:
+            write_card(output_dir or self.args.output_dir, self.accelerator.unwrap_model(self.model),
+                       alpha=self.args.alpha)
 
 
 def _prepared(
