@@ -125,3 +125,38 @@ def test_export_refuses_what_is_not_a_prefix(tmp_path, tiny_model_dir):
     lora.save_pretrained(tmp_path / "lora")
     with pytest.raises(AdapterMismatchError, match="LORA adapter"):
         export_custom_generate(tmp_path / "lora")
+
+
+class Collect:
+    """A streamer that keeps every tensor it is given, and whether it was ended."""
+
+    def __init__(self) -> None:
+        self.tokens, self.ended = [], False
+
+    def put(self, value: torch.Tensor) -> None:
+        self.tokens.append(value.reshape(-1))
+
+    def end(self) -> None:
+        self.ended = True
+
+
+def test_streamers_receive_the_tokens(prefix_dir, tiny_model_dir, lively):
+    """0.2: a streamer given with the callable or the exported folder received nothing (generate() does not hand a
+    callable custom_generate its streamer)."""
+    model, contrast, inputs = lively
+    one = {**{key: value[:1] for key, value in inputs.items() if key != "max_new_tokens" and key != "pad_token_id"},
+           "max_new_tokens": 6, "pad_token_id": inputs["pad_token_id"], "do_sample": False}
+    expected = generate_doubled(model, contrast, **one)
+    streamer = Collect()
+    model.generate(**one, custom_generate=ctd_hf.custom_generate, contrast=contrast, token_streamer=streamer)
+    assert torch.equal(torch.cat(streamer.tokens), expected[0]) and streamer.ended
+    with pytest.raises(ValueError, match="beam search"):
+        model.generate(**one, custom_generate=ctd_hf.custom_generate, contrast=contrast, token_streamer=Collect(),
+                       num_beams=2)
+    export_custom_generate(prefix_dir, beta=0.5)
+    tiny = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    options = {**one, "max_new_tokens": 4}
+    expected = generate_doubled(tiny, CTDContrast(tiny, prefix_dir, beta=0.5), **options)
+    streamer = Collect()
+    tiny.generate(**options, custom_generate=str(prefix_dir), trust_remote_code=True, streamer=streamer)
+    assert torch.equal(torch.cat(streamer.tokens), expected[0]) and streamer.ended

@@ -219,6 +219,23 @@ def test_bad_settings_are_refused(setup):
         model.loglikelihood_rolling([])
 
 
+@pytest.mark.parametrize(("method", "settings", "unused"), [
+    ("od", dict(prefix="PREFIX", beta=0.5), "prefix, beta"), ("id", dict(prefix="PREFIX"), "prefix"),
+    ("ctd", dict(prefix="PREFIX", noise="none"), "noise"), ("od", dict(strength=0.3), "strength"),
+    ("ctd", dict(prefix="PREFIX", amateur="PREFIX"), "amateur")])
+def test_settings_the_method_does_not_use_are_refused(setup, method, settings, unused):
+    """0.2: prefix=...,beta=0.5 without method=ctd scored with plain decoding, as od does."""
+    settings = {name: str(setup.root / "prefix") if value == "PREFIX" else value for name, value in settings.items()}
+    with pytest.raises(ValueError, match=f"method={method} does not use {unused} "):
+        CTDLM(pretrained=str(setup.root / "tiny-llama"), method=method, device="cpu", **settings)
+
+
+def test_noise_none_from_model_args_is_the_none_noise(setup):
+    """0.2: the harness turns `noise=none` into None, which reached DecodingMethod as no noise type at all."""
+    model = CTDLM(pretrained=str(setup.root / "tiny-llama"), method="id", noise=None, device="cpu")
+    assert model.method.noise == "none"
+
+
 def test_command_line_finds_the_model(setup, tmp_path):
     """``ctd-hf-lm-eval`` (the harness's command line after importing the plugin) in a fresh process."""
     extra = f",method=ctd,prefix={setup.root / 'prefix'},beta=0.5"

@@ -97,13 +97,18 @@ def append_records(path: str | Path, records: list[dict]) -> None:
         os.fsync(handle.fileno())
 
 
-def write_json(path: str | Path, value: Any) -> None:
-    """Write ``value`` as indented JSON, atomically: a reader sees the old file or the new one, never half of one."""
+def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` atomically: a reader sees the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+        handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+def write_json(path: str | Path, value: Any) -> None:
+    """Write ``value`` as indented JSON, atomically."""
+    write_text(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")

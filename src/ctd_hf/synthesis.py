@@ -30,7 +30,7 @@ from .decoding.methods import DecodingMethod
 from .distributed import process_state
 from .models import fingerprint
 from .prompts import PROMPT_FORMATS
-from .records import append_records, check_output_folder, load_json_records, read_records, write_json
+from .records import append_records, check_output_folder, load_json_records, read_records, write_json, write_text
 
 OUTPUT_FORMATS = ("alpaca", "messages")
 CONFIG_NAME = "synthesis_config.json"
@@ -212,12 +212,7 @@ def _merge(output_dir: Path, rows: list[dict], config: dict, output_format: str,
         if with_ids:
             record["id"] = row.get("id")
         merged.append(record)
-    tmp = output_dir / "data.jsonl.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in merged)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, output_dir / "data.jsonl")
+    write_text(output_dir / "data.jsonl", "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in merged))
     dataset = datasets.Dataset.from_list(merged)
     staging, final = output_dir / "dataset.tmp", output_dir / "dataset"
     shutil.rmtree(staging, ignore_errors=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 from .._version import __version__
 from . import eval as eval_command
@@ -15,9 +16,18 @@ from . import demo, export_hub, generate, sweep, synth, tune
 SUBCOMMANDS = (demo, tune, generate, eval_command, synth, sweep, export_hub)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser (subcommands inherit it), with the fix named where argparse's message hides it."""
+
+    def error(self, message: str) -> NoReturn:
+        if message.endswith("expected one argument"):  # e.g. `--lr -1,0.01`: argparse took the value for a flag
+            message += " (a value that starts with '-' is written with '=': --flag=-1)"
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``ctd-hf`` argument parser with all subcommands."""
-    parser = argparse.ArgumentParser(prog="ctd-hf", description="Contrastive tuning and decoding for HF models.")
+    parser = Parser(prog="ctd-hf", description="Contrastive tuning and decoding for HF models.")
     parser.add_argument("--version", action="version", version=f"ctd-hf {__version__}")
     parser.add_argument("--debug", action="store_true", help="Show the full traceback of an error.")
     subparsers = parser.add_subparsers(required=True, dest="command")

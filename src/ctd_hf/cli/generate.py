@@ -80,6 +80,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     messages = read_prompts(args)
     if args.output and Path(args.output).is_dir():
         raise IsADirectoryError(f"--output {args.output} is a folder; name a file to write JSONL to.")
+    if args.output and args.prompts_file and Path(args.output).resolve() == Path(args.prompts_file).resolve():
+        raise ValueError(f"--output {args.output} is the prompts file: writing the answers would overwrite the "
+                         "prompts. Name another file.")
     transformers.set_seed(args.seed)
     model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
     amateur = load_amateur(args, args.model, model) if name == "cd" else None

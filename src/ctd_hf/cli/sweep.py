@@ -46,6 +46,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add("--keep", type=positive_float, default=settings.keep, help="Share of trials promoted at each rung.")
     add("--dev-tasks", default=settings.dev_tasks, help="Development task list (SuperNI TRAIN tasks only).")
     add("--max-new-tokens", type=positive_int, default=settings.max_new_tokens)
+    add("--max-source-tokens", type=positive_int, default=settings.max_source_tokens,
+        help="Instruction + input tokens of a development prompt (the protocol's is 1024).")
     add("--id-strengths", type=_values(strength), default=settings.id_strengths,
         help="Instructive Decoding strengths measured as baselines.")
     add("--batch-size", type=positive_int, default=settings.batch_size, help="Tuning batch size.")
@@ -72,7 +74,8 @@ def run(args: argparse.Namespace) -> dict | None:
     settings = SweepSettings(space=space, search=args.search, samples=args.samples, seed=args.seed, model=args.model,
                              prompt_format=args.prompt_format, batch_size=args.batch_size, max_length=args.max_length,
                              dev_tasks=args.dev_tasks, rungs=args.rungs, keep=args.keep,
-                             max_new_tokens=args.max_new_tokens, id_strengths=args.id_strengths,
+                             max_new_tokens=args.max_new_tokens, max_source_tokens=args.max_source_tokens,
+                             id_strengths=args.id_strengths,
                              eval_batch_size=args.eval_batch_size)
     board = run_sweep(settings, args.output_dir, args.time_budget, args.workers)
     print(Path(args.output_dir, "leaderboard.md").read_text())

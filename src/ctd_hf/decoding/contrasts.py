@@ -56,6 +56,10 @@ class Contrast(ABC):
             if getattr(checked.config, "is_encoder_decoder", False):
                 raise ValueError(f"The {role} {type(checked).__name__} is an encoder-decoder; contrastive decoding "
                                  "supports decoder-only models with the default dynamic cache.")
+            if any(parameter.is_meta for parameter in checked.parameters()):
+                raise ValueError(f"The {role} {type(checked).__name__} has weights on the meta device (created "
+                                 "without loading them): load its weights (from_pretrained, or to_empty() and "
+                                 "load_state_dict) before decoding.")
 
     @property
     def shares_model(self) -> bool:
@@ -266,9 +270,10 @@ class ContrastiveDecodingContrast(Contrast):
         tokenizer: PreTrainedTokenizerBase | None = None,
         amateur_tokenizer: PreTrainedTokenizerBase | None = None,
     ) -> None:
-        if not 0 < alpha <= 1:
-            raise ValueError(f"`alpha` (the plausibility threshold) must be in (0, 1], got {alpha}.")
-        if not (math.isfinite(amateur_temperature) and amateur_temperature > 0):
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha <= 1:
+            raise ValueError(f"`alpha` (the plausibility threshold) must be a number in (0, 1], got {alpha!r}.")
+        if isinstance(amateur_temperature, bool) or not isinstance(amateur_temperature, (int, float)) or not (
+                math.isfinite(amateur_temperature) and amateur_temperature > 0):
             raise ValueError(f"`amateur_temperature` must be a finite number > 0, got {amateur_temperature}.")
         super().__init__(model, check_strength(beta, "beta"), contrast_model=amateur)
         self.vocab_size = _shared_vocab_size(self.model, self.contrast_model, tokenizer, amateur_tokenizer)

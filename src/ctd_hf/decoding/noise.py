@@ -59,7 +59,11 @@ def noisy_instruction(
         return f"{label}{' '.join(rng.sample(words, int(rate * len(words))))}.\n\n{task_input}"
     if noise == "random_words":
         count = len(words) if num_words is None else num_words
-        return f"{' '.join(rng.sample(word_list(), count))}.\n\n{task_input}"
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"`num_words` must be an integer >= 0, got {num_words!r}.")
+        pool = word_list()  # an instruction longer than the list draws its words with replacement
+        drawn = rng.sample(pool, count) if count <= len(pool) else rng.choices(pool, k=count)
+        return f"{' '.join(drawn)}.\n\n{task_input}"
     raise ValueError(f"Unknown noise {noise!r}; choose one of {NOISE_TYPES}.")
 
 

@@ -20,6 +20,7 @@ from transformers import (DynamicCache, EpsilonLogitsWarper, EtaLogitsWarper, Ge
                           StoppingCriteriaList, SynthIDTextWatermarkLogitsProcessor, TemperatureLogitsWarper,
                           TopHLogitsWarper, TopKLogitsWarper, TopPLogitsWarper, TypicalLogitsWarper,
                           WatermarkLogitsProcessor)
+from transformers.generation import BaseStreamer
 
 from .._compat import cache_keyword, decoding_loop, find_cache
 from ..decoding.contrasts import Contrast, decoding_model
@@ -42,6 +43,7 @@ def custom_generate(
     generation_config: GenerationConfig,
     contrast: Contrast | ContrastProcessor | None = None,
     backend: str = "doubled",
+    token_streamer: BaseStreamer | None = None,
     **model_kwargs: Any,
 ) -> Any:
     """The decoding loop of ``generate()`` with ``contrast`` applied; pass it as ``custom_generate=``.
@@ -51,6 +53,9 @@ def custom_generate(
     second view its own KV cache (required for Contrastive Decoding's amateur model). The contrast runs after the
     processors ``generate()`` builds, yours in ``logits_processor`` included (``generate_doubled`` runs it before
     yours), and before the sampling warpers. Under greedy decoding the tokens equal ``generate_doubled``'s.
+
+    ``generate()`` does not hand a callable ``custom_generate`` its ``streamer`` argument (transformers keeps only
+    the callable's own keywords), so a streamer that should receive the tokens is passed as ``token_streamer=``.
 
     Example:
         >>> import torch
@@ -71,12 +76,26 @@ def custom_generate(
                         f"ContrastiveDecodingContrast) built on this model; got {type(contrast).__name__}.")
     if backend not in BACKENDS:
         raise ValueError(f"`backend` is one of {BACKENDS}, got {backend!r}.")
+    # A prompt-tuning PeftModel's generate() runs its base model's generate() with its own input preparation, which
+    # feeds the prefix as inputs_embeds.
+    preparer = getattr(model.prepare_inputs_for_generation, "__self__", model)
+    if preparer is not model or model_kwargs.get("inputs_embeds") is not None:
+        raise ValueError(f"custom_generate needs the model's own input_ids, and generate() runs with "
+                         f"{type(preparer).__name__ if preparer is not model else 'inputs_embeds'} preparing its inputs "
+                         "(a prompt-tuning PeftModel's generate() feeds its prefix as inputs_embeds). Call generate() "
+                         "on the base model (peft_model.get_base_model()); CTDContrast(peft_model) holds the prefix.")
     loop = decoding_loop(model, generation_config)
     if loop is None:
         raise ValueError(f"custom_generate runs greedy decoding, sampling and beam search; generate() asked for "
                          f"{generation_config.get_generation_mode().value}. Drop the options that select it "
                          "(penalty_alpha, num_beam_groups, constraints, dola_layers...).")
     arguments = dict(stopping_criteria=stopping_criteria, generation_config=generation_config, **model_kwargs)
+    if token_streamer is not None:
+        if generation_config.num_beams > 1:
+            raise ValueError("A streamer receives one sequence per prompt; beam search keeps several: drop "
+                             "token_streamer or num_beams.")
+        token_streamer.put(input_ids.cpu())  # what generate() does with its own streamer before the loop
+        arguments["streamer"] = token_streamer
     if backend == "stream":
         with ContrastProcessor(contrast) as processor:
             return loop(input_ids, logits_processor=_with_contrast(logits_processor, processor), **arguments)

@@ -51,15 +51,16 @@ PREFIX_FILES = {{
 {files}}}
 
 
-def generate(model, beta=BETA, backend="doubled", **generate_arguments):
+def generate(model, beta=BETA, backend="doubled", streamer=None, **generate_arguments):
     """generate() with CTD: z - beta * z~, z~ the logits of `model` with the soft prefix before the prompt."""
     with tempfile.TemporaryDirectory() as folder:
         for name, data in PREFIX_FILES.items():
             Path(folder, name).write_bytes(base64.b64decode("".join(data)))
         contrast = CTDContrast(model, folder, beta)  # checks that the prefix was trained for this model
     # The class's generate(): a model loaded with trust_remote_code may have this function as its own generate.
+    # generate() hands a callable custom_generate no streamer: ctd_hf's takes it as `token_streamer`.
     return type(model).generate(model, custom_generate=custom_generate, contrast=contrast, backend=backend,
-                                **generate_arguments)
+                                token_streamer=streamer, **generate_arguments)
 '''
 
 _USAGE = """{start}

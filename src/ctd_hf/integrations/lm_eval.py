@@ -43,12 +43,30 @@ from tqdm.auto import tqdm
 from ..decoding.contrasts import Contrast, ContrastiveDecodingContrast, CTDContrast, InstructiveContrast
 from ..decoding.layout import pad_left
 from ..decoding.likelihood import continuation_log_probs
-from ..decoding.methods import DecodingMethod
+from ..decoding.methods import METHODS, DecodingMethod
 from ..decoding.noise import noisy_instruction
 from ..models import load_model_and_tokenizer, resolve_model_path
 from .custom_generate import custom_generate
 
 Request = tuple[tuple[str, str], list[int], list[int]]  # ((context, continuation), their token ids)
+_UNSET: Any = object()  # a setting left out, told apart from one given as None (the harness reads `none` as None)
+# The method settings each method uses; any other given is refused, never silently ignored.
+_USED_BY = {"prefix": ("ctd",), "beta": ("id", "cd", "ctd"), "strength": ("id", "cd", "ctd"), "noise": ("id",),
+            "noise_rate": ("id",), "amateur": ("cd",), "plausibility": ("cd",), "amateur_temperature": ("cd",)}
+
+
+def _check_method_arguments(method: str, given: dict[str, Any]) -> None:
+    """Refuse settings the chosen method does not use (``prefix=...`` without ``method=ctd`` would otherwise decode
+    plainly), and two names for one setting."""
+    if "beta" in given and "strength" in given:
+        raise ValueError("`beta` and `strength` name the same setting: pass one of them.")
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}; choose one of {METHODS}.")
+    unused = [name for name in given if method not in _USED_BY[name]]
+    if unused:
+        users = sorted({user for name in unused for user in _USED_BY[name]})
+        raise ValueError(f"method={method} does not use {', '.join(unused)} (only method={'/'.join(users)} does): "
+                         "choose that method, or leave the setting out.")
 
 
 @register_model("ctd_hf")
@@ -69,23 +87,27 @@ class CTDLM(HFLM):
         self,
         pretrained: str = "default",
         method: str = "od",
-        prefix: str | None = None,
-        beta: float | None = None,
-        strength: float | None = None,
-        noise: str = "opposite",
-        noise_rate: float = 0.6,
-        amateur: str | None = None,
-        plausibility: float = 0.1,
-        amateur_temperature: float = 1.0,
+        prefix: str | None = _UNSET,
+        beta: float | None = _UNSET,
+        strength: float | None = _UNSET,
+        noise: str | None = _UNSET,
+        noise_rate: float = _UNSET,
+        amateur: str | None = _UNSET,
+        plausibility: float = _UNSET,
+        amateur_temperature: float = _UNSET,
         backend: str = "auto",
         **kwargs: Any,
     ) -> None:
-        if beta is not None and strength is not None:
-            raise ValueError("`beta` and `strength` name the same setting: pass one of them.")
+        given = {name: value for name, value in dict(
+            prefix=prefix, beta=beta, strength=strength, noise=noise, noise_rate=noise_rate, amateur=amateur,
+            plausibility=plausibility, amateur_temperature=amateur_temperature).items() if value is not _UNSET}
+        _check_method_arguments(method, given)
+        if "beta" in given:
+            given["strength"] = given.pop("beta")
+        if "noise" in given and given["noise"] is None:
+            given["noise"] = "none"  # the harness reads `noise=none` in --model_args as None
         # Checked before the model loads (the amateur is still its path here).
-        spec = DecodingMethod(method, strength=strength if beta is None else beta, prefix=prefix, noise=noise,
-                              noise_rate=noise_rate, amateur=amateur, plausibility=plausibility,
-                              amateur_temperature=amateur_temperature, backend=backend)
+        spec = DecodingMethod(method, backend=backend, **given)
         if spec.name != "od" and str(kwargs.get("batch_size", 1)).startswith("auto"):
             raise ValueError(f"batch_size=auto sizes batches for one forward of the plain model; method {spec.name} "
                              "runs two views per row: pass an integer batch_size.")
@@ -96,9 +118,9 @@ class CTDLM(HFLM):
         self.method = spec
         self.fixed_contrast: Contrast | None = None  # ctd's and cd's contrasts hold no per-batch state
         if spec.name == "ctd":
-            self.fixed_contrast = CTDContrast(self.model, prefix, spec.strength)  # checks that the prefix fits
+            self.fixed_contrast = CTDContrast(self.model, spec.prefix, spec.strength)  # checks that the prefix fits
         if spec.name == "cd":
-            amateur_model, amateur_tokenizer = load_model_and_tokenizer(amateur, dtype=self.model.dtype,
+            amateur_model, amateur_tokenizer = load_model_and_tokenizer(spec.amateur, dtype=self.model.dtype,
                                                                         device=self.device)
             self.method = dataclasses.replace(spec, amateur=amateur_model.eval())
             self.fixed_contrast = ContrastiveDecodingContrast(

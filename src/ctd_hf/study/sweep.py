@@ -36,9 +36,11 @@ from ..evaluation.report import verdict
 from ..evaluation.runner import EvalSettings, collect_predictions, run_evaluation
 from ..evaluation.statistics import paired_bootstrap
 from ..evaluation.tasks import get_task
+from ..evaluation.tasks.superni import official_test_tasks_in
 from ..models import load_model_and_tokenizer, model_id
 from ..plots import knob_panels
 from ..records import check_output_folder, write_json
+from ..resources import resource_path
 from ..training.tuning import TuneSettings, tune
 from .tuning_data import TUNING_DATA, tuning_data_path
 
@@ -68,10 +70,6 @@ class SweepSpace:
         for name in self.data:
             if name not in TUNING_DATA and not Path(name).exists():
                 raise ValueError(f"Tuning data {name!r} is neither one of {TUNING_DATA} nor an existing file.")
-        TuneSettings(learning_rate=min(self.learning_rate), max_steps=min(self.steps), alpha=min(self.alpha),
-                     num_virtual_tokens=min(self.num_virtual_tokens), fraction=min(self.fraction))  # validates
-        for value in self.init:
-            TuneSettings(init=value, init_text="x")
 
     def trials(self, search: str = "grid", samples: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
         """Knob settings of the trials: every combination (``grid``), or ``samples`` of them drawn at random."""
@@ -112,7 +110,22 @@ class SweepSettings:
             raise ValueError(f"`rungs` are increasing instance counts >= 1, got {self.rungs}.")
         if not 0 < self.keep <= 1:
             raise ValueError(f"`keep` must be in (0, 1], got {self.keep}.")
-        self.space.trials(self.search, self.samples, self.seed)  # validates the search
+        for knobs in self.space.trials(self.search, self.samples, self.seed):  # validates the search and each trial
+            self.tune_settings(knobs)
+        tests = official_test_tasks_in(resource_path("supernatinst", "splits") / self.dev_tasks)
+        if tests:
+            raise ValueError(f"`dev_tasks` {self.dev_tasks} lists {len(tests)} official SuperNI test task(s) "
+                             f"({', '.join(tests[:3])}{' ...' if len(tests) > 3 else ''}): settings are chosen on "
+                             "training tasks only. Use a list of train tasks, such as sample/dev_tasks.txt.")
+
+    def tune_settings(self, knobs: dict[str, Any], data: str | None = None) -> TuneSettings:
+        """The tuning settings of a trial (checked as they are built); ``data`` is its data file once built."""
+        return TuneSettings(data=data or knobs["data"], prompt_format=self.prompt_format,
+                            fraction=knobs["fraction"], max_length=self.max_length,
+                            num_virtual_tokens=knobs["num_virtual_tokens"], init=knobs["init"],
+                            init_text=INIT_TEXT if knobs["init"] == "text" else None, alpha=knobs["alpha"],
+                            learning_rate=knobs["learning_rate"], max_steps=knobs["steps"],
+                            batch_size=self.batch_size, save_steps=8, seed=self.seed)
 
 
 def trial_id(index: int, knobs: dict[str, Any]) -> str:
@@ -132,10 +145,12 @@ class Sweep:
 
     # ---------------------------------------------------------------------------------------------- setting up
     def prepare(self) -> None:
-        """Refuse a folder swept with other settings; record ours."""
+        """Refuse a folder swept with other settings; record ours (over those of an earlier run that stopped before
+        producing anything)."""
         check_output_folder(self.root)
         path, current = self.root / "sweep.json", json.loads(json.dumps(dataclasses.asdict(self.settings)))
-        if path.is_file():
+        produced = (self.root / "baselines").exists() or (self.root / "trials").exists()
+        if path.is_file() and produced:
             previous = json.loads(path.read_text())
             if previous != current:
                 changed = sorted(k for k in current if previous.get(k) != current[k])
@@ -176,13 +191,8 @@ class Sweep:
             write_json(folder / "trial.json", knobs)
         prefix = folder / "prefix"
         if not (prefix / "train_results.json").is_file():
-            settings = TuneSettings(data=self.data_path(knobs["data"]), prompt_format=self.settings.prompt_format,
-                                    fraction=knobs["fraction"], max_length=self.settings.max_length,
-                                    num_virtual_tokens=knobs["num_virtual_tokens"], init=knobs["init"],
-                                    init_text=INIT_TEXT if knobs["init"] == "text" else None, alpha=knobs["alpha"],
-                                    learning_rate=knobs["learning_rate"], max_steps=knobs["steps"],
-                                    batch_size=self.settings.batch_size, save_steps=8, seed=self.settings.seed)
-            tune(settings, prefix, self.settings.model, disable_tqdm=True)
+            tune(self.settings.tune_settings(knobs, self.data_path(knobs["data"])), prefix, self.settings.model,
+                 disable_tqdm=True)
         model, tokenizer = load_model_and_tokenizer(self.settings.model)
         methods = {f"ctd@{beta:g}": DecodingMethod("ctd", strength=beta, prefix=str(prefix))
                    for beta in self.settings.space.betas}

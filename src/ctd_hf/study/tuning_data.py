@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..decoding.batch import generate_answers
 from ..evaluation.tasks import get_task
 from ..models import load_model_and_tokenizer
-from ..records import append_records, load_json_records, read_records
+from ..records import append_records, load_json_records, read_records, write_json, write_text
 from ..resources import resource_path
 
 TUNING_DATA = ("alpaca", "superni", "self")
@@ -62,10 +62,23 @@ def self_generated_rows(
 
 
 def write_rows(rows: list[dict], path: Path) -> Path:
-    """Write chat rows as JSONL (what ``load_sft_data`` reads) and return the path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    """Write chat rows as JSONL (what ``load_sft_data`` reads), atomically, and record their count beside them."""
+    write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    write_json(_count_file(path), {"rows": len(rows)})
     return path
+
+
+def _count_file(path: Path) -> Path:
+    return path.with_name(path.name + ".rows.json")
+
+
+def _complete(path: Path) -> bool:
+    """Whether ``path`` holds every row :func:`write_rows` wrote (a file cut short, or one without its count, is
+    rebuilt rather than tuned on)."""
+    if not (path.is_file() and _count_file(path).is_file()):
+        return False
+    rows = sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    return json.loads(_count_file(path).read_text()).get("rows") == rows
 
 
 def tuning_data_path(name: str, folder: Path, model: str = "default", prompt_format: str = "chatml") -> str:
@@ -76,7 +89,7 @@ def tuning_data_path(name: str, folder: Path, model: str = "default", prompt_for
     if name == "alpaca":
         return str(ALPACA)
     path = folder / f"{name}.jsonl"
-    if not path.is_file():
+    if not _complete(path):
         if name == "superni":
             rows = superni_rows()
         else:

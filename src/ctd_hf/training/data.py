@@ -98,13 +98,17 @@ def load_sft_data(
     dataset = _read(source, split)
     if len(dataset) == 0:
         raise ValueError(f"The SFT data {source} is empty: it holds no example.")
-    if "messages" not in dataset.column_names:
-        for example in dataset.select(range(min(len(dataset), 100))):  # the columns say the form; check a sample
+    if not (isinstance(source, (str, Path)) and Path(source).expanduser().is_file()):  # files were checked when read
+
+        def checked(example: dict, index: int) -> dict:
+            example = dict(example)  # datasets may hand map() a lazy row
             try:
                 _check_example(example)
             except ValueError as error:
-                raise ValueError(f"The SFT data {source}: {error}") from None
-        dataset = dataset.map(_to_messages, remove_columns=dataset.column_names)
+                raise ValueError(f"The SFT data, row {index + 1}: {error}") from None
+            return _to_messages(example)
+
+        dataset = dataset.map(checked, with_indices=True, remove_columns=dataset.column_names, desc="Checking")
     dataset = dataset.select_columns(["messages"])
     if fraction < 1:
         count = max(1, math.ceil(fraction * len(dataset)))

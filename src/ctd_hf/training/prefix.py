@@ -21,6 +21,7 @@ from .._version import __version__
 from ..models import model_id
 
 CARD_NAME = "ctd_hf.json"
+EXPORTED = Path("custom_generate", "generate.py")  # what `ctd-hf export-hub` adds; it embeds a copy of the adapter
 _INITS = {"random": PromptTuningInit.RANDOM, "vocab": PromptTuningInit.SAMPLE_VOCAB, "text": PromptTuningInit.TEXT}
 
 
@@ -82,6 +83,15 @@ def write_card(path: str | Path, model: PeftModel, **extra: Any) -> None:
         **extra,
     }
     Path(path, CARD_NAME).write_text(json.dumps(card, indent=2) + "\n")
+
+
+def check_not_exported(path: str | Path) -> None:
+    """Refuse to save an adapter into a folder exported by ``ctd-hf export-hub``: its ``custom_generate/generate.py``
+    embeds the adapter it was exported with and would go on decoding that one."""
+    if Path(path, EXPORTED).is_file():
+        raise ValueError(f"{path} was exported with `ctd-hf export-hub`: {Path(path, EXPORTED)} decodes with a copy "
+                         "of the prefix it was exported with, so a prefix saved here would disagree with it. Train "
+                         "into another folder (then export that one), or delete the custom_generate folder first.")
 
 
 def read_card(path: str | Path) -> dict[str, Any]:

@@ -8,15 +8,15 @@ from typing import Any
 
 import datasets
 import torch
-from peft import PeftConfig, PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, Trainer
+from peft import PeftConfig, PeftModel, PeftType, get_peft_model
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
 from transformers.trainer_pt_utils import nested_gather
 
 from ..contrast import IGNORE_INDEX, contrastive_token_loss, label_positions, token_loss
-from ..models import model_id, resolve_model_path
+from ..models import load_model_and_tokenizer, model_id
 from .config import CTDConfig
 from .data import RightPaddingCollator, load_sft_data, tokenize_sft
-from .prefix import write_card
+from .prefix import check_not_exported, write_card
 
 
 class CTDTrainer(Trainer):
@@ -59,9 +59,8 @@ class CTDTrainer(Trainer):
         **kwargs: Any,
     ) -> None:
         if isinstance(model, str):
-            path = resolve_model_path(model)
-            model = AutoModelForCausalLM.from_pretrained(path)
-            processing_class = processing_class or AutoTokenizer.from_pretrained(path)
+            model, tokenizer = load_model_and_tokenizer(model, dtype="auto")  # errors name the model
+            processing_class = processing_class or tokenizer
         if args is None:
             args = CTDConfig(output_dir=f"{model_id(model) or 'model'}-CTD")
         if not isinstance(args, CTDConfig):
@@ -76,6 +75,10 @@ class CTDTrainer(Trainer):
                 "or a model wrapped by `add_soft_prefix(model)` or `get_peft_model`, not a bare "
                 f"{type(model).__name__}."
             )
+        if model.active_peft_config.peft_type not in (PeftType.PROMPT_TUNING, PeftType.LORA):
+            raise ValueError(f"CTDTrainer trains a soft prefix (peft prompt tuning) or a LoRA adapter, the two that "
+                             f"ctd_hf decodes; got a {model.active_peft_config.peft_type.value} adapter. Use "
+                             "PromptTuningConfig (or add_soft_prefix) or LoraConfig.")
         if args.alpha == 0:
             warnings.warn("alpha=0 makes the loss the plain SFT loss, which gives the adapter no gradient: training "
                           "will not change it. Use alpha > 0 (the paper uses 0.3).", UserWarning, stacklevel=2)
@@ -161,6 +164,7 @@ class CTDTrainer(Trainer):
     def save_model(self, output_dir: str | None = None, *args: Any, **kwargs: Any) -> None:
         """Save the adapter in peft's layout (Trainer's own code, checkpoints included), plus the ``ctd_hf.json`` card
         the loader checks."""
+        check_not_exported(output_dir or self.args.output_dir)
         super().save_model(output_dir, *args, **kwargs)
         if self.args.should_save:
             write_card(output_dir or self.args.output_dir, self.accelerator.unwrap_model(self.model),
@@ -174,6 +178,8 @@ def _prepared(
     ``args.max_length``), refusing data that would train nothing."""
     if dataset is None:
         return None
+    if isinstance(dataset, list):  # raw rows as a Python list, as TRL's trainers take them
+        dataset = datasets.Dataset.from_list(dataset)
     if not isinstance(dataset, datasets.Dataset):
         return dataset  # an iterable or torch dataset: the user's own pipeline, taken as tokenised
     if "input_ids" not in dataset.column_names:

@@ -19,20 +19,22 @@ from pathlib import Path
 from typing import Any
 
 import transformers
-from peft import LoraConfig, TaskType, get_peft_model
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from peft import LoraConfig, TaskType, get_peft_model, load_peft_weights, set_peft_model_state_dict
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerState
 from transformers.trainer_utils import get_last_checkpoint
 
+from ..contrast import check_strength
 from ..models import fingerprint, load_model_and_tokenizer, model_id
 from ..plots import loss_curves
 from ..records import check_output_folder, write_json
 from ..resources import resource_path
 from .config import CTDConfig
 from .data import load_sft_data, tokenize_sft
-from .prefix import add_soft_prefix, check_adapter
+from .prefix import add_soft_prefix, check_adapter, check_not_exported
 from .trainer import CTDTrainer
 
 SETTINGS_FILE = "tune_settings.json"
+RESULTS_FILE = "train_results.json"
 ADAPTERS = ("prefix", "lora")
 INITS = ("vocab", "random", "text")
 
@@ -78,6 +80,9 @@ class TuneSettings:
             raise ValueError(f"`epochs` must be > 0, got {self.epochs!r}.")
         if not self.learning_rate > 0:
             raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate!r}.")
+        self.alpha = check_strength(self.alpha, "alpha")
+        if isinstance(self.fraction, bool) or not isinstance(self.fraction, (int, float)) or not 0 < self.fraction <= 1:
+            raise ValueError(f"`fraction` must be in (0, 1], got {self.fraction!r}.")
 
     def key(self) -> dict[str, Any]:
         """The settings a resumed run must share (all but the length of training and the checkpoint interval)."""
@@ -108,6 +113,16 @@ def tune(
     identity = {"model": model_id(model) or model_name, "dtype": str(model.dtype), "fingerprint": fingerprint(model)}
     checkpoint = last_complete_checkpoint(output_dir)
     _check_resumable(output_dir, checkpoint, model, {**identity, "settings": settings.key()})
+    length = {"epochs": settings.epochs, "max_steps": settings.max_steps}
+    results = output_dir / RESULTS_FILE
+    if results.is_file() and (finished := json.loads(results.read_text())).get("length") == length:
+        print(f"{output_dir} holds a finished run of these settings: nothing to train.", file=sys.stderr)
+        return finished
+    state = TrainerState.load_from_json(str(Path(checkpoint, "trainer_state.json"))) if checkpoint else None
+    if state is not None and settings.max_steps is not None and state.global_step > settings.max_steps:
+        raise ValueError(f"{output_dir} holds a run trained for {state.global_step} steps, more than max_steps="
+                         f"{settings.max_steps}: use a new output folder to train fewer steps.")
+    check_not_exported(output_dir)
     data = load_sft_data(settings.data, fraction=settings.fraction, seed=settings.seed)
     train_dataset = tokenize_sft(data, tokenizer, settings.prompt_format, settings.max_length)
     if settings.adapter == "prefix":
@@ -124,14 +139,40 @@ def tune(
         **{"dataloader_pin_memory": model.device.type == "cuda", **training_args},  # pinning warns off a GPU
     )
     trainer = CTDTrainer(model=model, args=config, train_dataset=train_dataset, processing_class=tokenizer)
-    if checkpoint:
-        print(f"Resuming from {checkpoint}", file=sys.stderr)
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    if state is not None and _trained_to_the_end(state, settings):
+        # Killed after the run's last checkpoint: resuming from it would train a step past the end (Trainer does when
+        # the steps are not a whole number of epochs), so the run is finished from that checkpoint instead.
+        set_peft_model_state_dict(model, load_peft_weights(checkpoint))
+        trainer.state = state
+    else:
+        if checkpoint:
+            print(f"Resuming from {checkpoint}", file=sys.stderr)
+        trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(str(output_dir))
-    metrics = {**result.metrics, "examples": len(train_dataset), "output_dir": str(output_dir)}
-    write_json(output_dir / "train_results.json", metrics)
     loss_curves(trainer.state.log_history, output_dir / "loss_curves.png")
+    metrics = {**run_metrics(trainer.state), "examples": len(train_dataset), "length": length,
+               "output_dir": str(output_dir)}
+    write_json(results, metrics)  # last: its presence marks the run finished
     return metrics
+
+
+def run_metrics(state: TrainerState) -> dict[str, Any]:
+    """The whole run's losses from its log (every step, resumed ones included): the contrastive loss, the original
+    model's loss on the same batches, and their gap."""
+    steps = [entry for entry in state.log_history if "loss" in entry and "original_loss" in entry]
+    if not steps:
+        raise ValueError("The run logged no training step: nothing was trained.")
+    loss = sum(entry["loss"] for entry in steps) / len(steps)
+    original = sum(entry["original_loss"] for entry in steps) / len(steps)
+    return {"train_loss": loss, "train_original_loss": original, "train_loss_gap": loss - original,
+            "global_step": state.global_step, "epoch": state.epoch}
+
+
+def _trained_to_the_end(state: TrainerState, settings: TuneSettings) -> bool:
+    """Whether a checkpoint's ``state`` is the last step of a run of ``settings``' length."""
+    if settings.max_steps is not None:
+        return state.global_step >= settings.max_steps
+    return state.num_train_epochs == settings.epochs and state.global_step >= state.max_steps
 
 
 def last_complete_checkpoint(output_dir: Path) -> str | None:
@@ -140,18 +181,22 @@ def last_complete_checkpoint(output_dir: Path) -> str | None:
     if not output_dir.is_dir():
         return None
     while (checkpoint := get_last_checkpoint(str(output_dir))) is not None:
-        if Path(checkpoint, "trainer_state.json").is_file():
+        try:
+            json.loads(Path(checkpoint, "trainer_state.json").read_text())
             return checkpoint
-        print(f"Removing {checkpoint}: a checkpoint cut short (no trainer_state.json)", file=sys.stderr)
-        shutil.rmtree(checkpoint)
+        except (OSError, ValueError):  # missing, or cut short while being written
+            print(f"Removing {checkpoint}: a checkpoint cut short (no complete trainer_state.json)", file=sys.stderr)
+            shutil.rmtree(checkpoint)
     return None
 
 
 def _check_resumable(output_dir: Path, checkpoint: str | None, model: PreTrainedModel, current: dict) -> None:
     """Refuse to continue a folder trained for another model or with other settings; record the settings of a new
-    one before anything else is written."""
+    one (or of one whose earlier run stopped before producing anything) before anything else is written."""
     path = output_dir / SETTINGS_FILE
-    if path.is_file():
+    produced = checkpoint is not None or any((output_dir / name).exists()
+                                             for name in (RESULTS_FILE, "adapter_model.safetensors"))
+    if path.is_file() and produced:
         previous = json.loads(path.read_text())
         changed = [key for key in ("model", "dtype", "fingerprint") if previous.get(key) != current[key]]
         changed += [f"{key} ({previous['settings'].get(key)!r} -> {value!r})"

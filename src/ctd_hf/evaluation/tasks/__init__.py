@@ -135,15 +135,22 @@ def read_rows(source: str, split: str, check: Callable[[Any], None] | None = Non
             if split not in loaded:
                 raise ValueError(f"{path} has splits {sorted(loaded)}, not {split!r}: set the task's `split` option.")
             loaded = loaded[split]
-        return loaded.to_list()
-    if path.exists() or looks_like_path(source):
+    elif path.exists() or looks_like_path(source):
         raise FileNotFoundError(f"{path} is neither a JSON/JSONL file nor a `save_to_disk` folder."
                                 if path.exists() else f"{path} does not exist.")
-    try:
-        return datasets.load_dataset(source, split=split).to_list()
-    except Exception as error:  # the Hub's errors vary; say what was tried
-        raise ValueError(f"{source!r} is not a local file or folder, and loading it as a dataset name (split "
-                         f"{split!r}) failed ({type(error).__name__}: {error}).") from None
+    else:
+        try:
+            loaded = datasets.load_dataset(source, split=split)
+        except Exception as error:  # the Hub's errors vary; say what was tried
+            raise ValueError(f"{source!r} is not a local file or folder, and loading it as a dataset name (split "
+                             f"{split!r}) failed ({type(error).__name__}: {error}).") from None
+    rows = loaded.to_list()
+    for number, row in enumerate(rows if check else (), start=1):
+        try:
+            check(row)
+        except ValueError as error:
+            raise ValueError(f"{source}, row {number}: {error}") from None
+    return rows
 
 
 def check_fields(*names: str) -> Callable[[Any], None]:

@@ -63,6 +63,23 @@ def superni_message(definition: str, task_input: str) -> dict:
     }
 
 
+def task_names(task_list: Path) -> list[str]:
+    """The task names a ``splits/`` list file holds, one per line."""
+    if not task_list.is_file():
+        raise FileNotFoundError(f"The task list {task_list} does not exist: point the dir at a natural-instructions "
+                                "layout and the tasks option at a list under its splits/.")
+    names = [line.strip() for line in task_list.read_text().splitlines() if line.strip()]
+    if not names:
+        raise ValueError(f"{task_list} lists no task.")
+    return names
+
+
+def official_test_tasks_in(task_list: Path) -> list[str]:
+    """The tasks of ``task_list`` that are among the 119 official SuperNI test tasks (shipped with the package)."""
+    official = set(task_names(resource_path("supernatinst", "splits", "default", "test_tasks.txt")))
+    return [name for name in task_names(task_list) if name in official]
+
+
 def load_superni(options: SuperNIOptions) -> list[dict]:
     """SuperNI items: the first ``max_instances`` instances of each task listed in ``splits/<tasks>`` of ``dir``, from
     the task files (``tasks/*.json``) or from ``dataset``.
@@ -72,13 +89,7 @@ def load_superni(options: SuperNIOptions) -> list[dict]:
     ``default/test_task_categories.json`` is used when present).
     """
     splits = Path(options.dir) / "splits"
-    task_list = splits / options.tasks
-    if not task_list.is_file():
-        raise FileNotFoundError(f"The task list {task_list} does not exist: point the dir at a natural-instructions "
-                                "layout and the tasks option at a list under its splits/.")
-    names = [line.strip() for line in task_list.read_text().splitlines() if line.strip()]
-    if not names:
-        raise ValueError(f"{task_list} lists no task.")
+    names = task_names(splits / options.tasks)
     default_categories = splits / "default" / "test_task_categories.json"
     if options.categories:
         categories_file = splits / options.categories
@@ -127,13 +138,23 @@ def _from_dataset(options: SuperNIOptions, names: set[str]) -> dict[str, tuple[s
         if row["task_name"] in names:
             instances = tasks.setdefault(row["task_name"], (row["definition"], "Uncategorized", {}))[2]
             instance = instances.setdefault(row["id"], {"id": row["id"], "input": row["inputs"], "output": []})
-            instance["output"].append(row["targets"])
+            instance["output"].extend(_references(row["targets"], options.dataset, row["id"]))
     missing = sorted(names - set(tasks))
     if missing:
         raise ValueError(f"{options.dataset} ({options.split}) has no rows of the listed tasks {missing[:5]}"
                          f"{' ...' if len(missing) > 5 else ''}: check the tasks option.")
     return {name: (definition, category, list(instances.values()))
             for name, (definition, category, instances) in tasks.items()}
+
+
+def _references(targets: object, dataset: str, instance: str) -> list[str]:
+    """A row's references: one string, or a list of strings (several references, as the official scorer takes)."""
+    if isinstance(targets, str):
+        return [targets]
+    if isinstance(targets, (list, tuple)) and targets and all(isinstance(target, str) for target in targets):
+        return list(targets)
+    raise ValueError(f"{dataset}: instance {instance} has targets {targets!r}; a target is a string or a non-empty "
+                     "list of strings (its references).")
 
 
 def score_superni(items: list[dict], predictions: dict[str, list[str]], context: ScoreContext) -> dict:
