@@ -89,3 +89,19 @@ def test_missing_task_data_says_so(tmp_path):
         _load("superni", tasks="sample/train_tasks.txt", categories="sample/no_such.json")  # not silently ignored
     with pytest.raises(ValueError, match="`limit` must be an integer >= 1"):
         _load("drop", limit=0)
+
+
+def test_superni_per_category_balances_the_categories():
+    """The broad held-out sample: each category's tasks share its instances evenly, every task at least one."""
+    from ctd_hf.evaluation.tasks.superni import SuperNIOptions, load_superni
+
+    items = load_superni(SuperNIOptions(tasks="broad/test_tasks.txt", per_category=10))
+    by_category: dict[str, list[str]] = {}
+    for item in items:
+        by_category.setdefault(item["category"], []).append(item["group"])
+    assert len(by_category) == 10 and all(len(groups) == 10 for groups in by_category.values())
+    for groups in by_category.values():
+        counts = [groups.count(task) for task in dict.fromkeys(groups)]
+        assert max(counts) - min(counts) <= 1
+    assert len({item["group"] for item in load_superni(SuperNIOptions(tasks="broad/test_tasks.txt",
+                                                                      per_category=1))}) == 34

@@ -39,9 +39,13 @@ class SuperNIOptions:
     split: str = field(default="test", metadata={"help": "Split of the dataset."})
     max_instances: int = field(default=100, metadata={"help": "Instances per task (the first ones).", "selects": True,
                                                       "aliases": ("--max-instances",)})
+    per_category: int | None = field(default=None, metadata={
+        "help": "Instead of max_instances: about this many instances per category, shared evenly by its tasks (at "
+                "least one each), so that no category outweighs another.", "selects": True})
 
     def __post_init__(self) -> None:
         positive_limit("superni", "max_instances", self.max_instances)
+        positive_limit("superni", "per_category", self.per_category)
 
 
 def _with_period(text: str) -> str:
@@ -102,18 +106,32 @@ def load_superni(options: SuperNIOptions) -> list[dict]:
     else:
         categories = {}
     tasks = _from_dataset(options, set(names)) if options.dataset else _from_task_files(options, names)
+    category_of = {name: categories.get(name, tasks[name][1]) for name in names}
+    limits = _shares(category_of, options.per_category) if options.per_category else dict.fromkeys(
+        names, options.max_instances)
     items = []
     for name in names:
-        definition, category, instances = tasks[name]
-        for instance in instances[: options.max_instances]:
+        definition, _, instances = tasks[name]
+        for instance in instances[: limits[name]]:
             items.append({
                 "id": instance["id"],
                 "group": name,
-                "category": categories.get(name, category),
+                "category": category_of[name],
                 "message": superni_message(definition, instance["input"]),
                 "references": instance["output"],
             })
     return items
+
+
+def _shares(category_of: dict[str, str], per_category: int) -> dict[str, int]:
+    """Instances per task when each category's tasks share ``per_category`` evenly (the first tasks of a category
+    take the remainder; every task gets at least one)."""
+    limits = {}
+    for category in set(category_of.values()):
+        members = [name for name in category_of if category_of[name] == category]
+        share, extra = divmod(per_category, len(members))
+        limits.update({name: max(1, share + (index < extra)) for index, name in enumerate(members)})
+    return limits
 
 
 def _from_task_files(options: SuperNIOptions, names: list[str]) -> dict[str, tuple[str, str, list[dict]]]:
