@@ -280,3 +280,11 @@ def test_lora_variant_decodes_by_its_definition(left_tokenizer):
     assert not torch.allclose(on, off)
     with pytest.raises(ValueError, match="two adapter states"):
         ctd_hf.generate_doubled(lora, contrast, **inputs, max_new_tokens=2)
+
+
+def test_executors_declare_they_cannot_serve_continuous_batching():
+    """Both keep per-call state (the second view's cache, the doubled rows): transformers' continuous batching, which
+    mixes requests in one batch, must refuse them, as it refuses its own stateful processors."""
+    from ctd_hf.decoding.doubled import DoubledBatch
+
+    assert ContrastProcessor.supports_continuous_batching is False and DoubledBatch.supports_continuous_batching is False

@@ -40,6 +40,8 @@ class DoubledBatch(LogitsProcessor):
     """The forward hooks that double ``generate()``'s batch (attached with :meth:`attached`), and the logits processor
     that combines the halves; :func:`generate_doubled` and :func:`ctd_hf.custom_generate` put them around a loop."""
 
+    supports_continuous_batching = False  # stateful: it follows the rows of one generate() call
+
     def __init__(self, contrast: Contrast, record: OriginalPredictions | None) -> None:
         self.contrast, self.record = contrast, record
         self.model = contrast.model

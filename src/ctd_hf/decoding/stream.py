@@ -98,6 +98,8 @@ class ContrastProcessor(LogitsProcessor):
         torch.Size([1, 6])
     """
 
+    supports_continuous_batching = False  # stateful: it follows the rows of one generate() call
+
     def __init__(self, contrast: Contrast, record: OriginalPredictions | None = None) -> None:
         if not isinstance(contrast, Contrast):
             raise TypeError(f"ContrastProcessor needs a ctd_hf.Contrast, got {type(contrast).__name__}.")

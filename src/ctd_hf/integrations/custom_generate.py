@@ -80,10 +80,10 @@ def custom_generate(
     # feeds the prefix as inputs_embeds.
     preparer = getattr(model.prepare_inputs_for_generation, "__self__", model)
     if preparer is not model or model_kwargs.get("inputs_embeds") is not None:
-        raise ValueError(f"custom_generate needs the model's own input_ids, and generate() runs with "
-                         f"{type(preparer).__name__ if preparer is not model else 'inputs_embeds'} preparing its inputs "
-                         "(a prompt-tuning PeftModel's generate() feeds its prefix as inputs_embeds). Call generate() "
-                         "on the base model (peft_model.get_base_model()); CTDContrast(peft_model) holds the prefix.")
+        raise ValueError("custom_generate decodes from input_ids on the model itself, but generate() was given "
+                         "inputs_embeds or runs through another module's input preparation (a prompt-tuning "
+                         "PeftModel's generate() feeds its prefix that way). Call generate() on the base model "
+                         "(peft_model.get_base_model()); CTDContrast(peft_model) holds the prefix.")
     loop = decoding_loop(model, generation_config)
     if loop is None:
         raise ValueError(f"custom_generate runs greedy decoding, sampling and beam search; generate() asked for "
