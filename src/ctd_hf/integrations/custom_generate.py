@@ -22,7 +22,7 @@ from transformers import (DynamicCache, EpsilonLogitsWarper, EtaLogitsWarper, Ge
                           WatermarkLogitsProcessor)
 from transformers.generation import BaseStreamer
 
-from .._compat import cache_keyword, decoding_loop, find_cache
+from .._compat import cache_keyword, decoding_loop
 from ..decoding.contrasts import Contrast, decoding_model
 from ..decoding.doubled import DoubledBatch, DoubledCache
 from ..decoding.stream import ContrastProcessor
@@ -102,14 +102,15 @@ def custom_generate(
     if contrast.model is not decoding_model(model) or not contrast.shares_model:
         raise ValueError(f"The doubled backend runs one model; this {type(contrast).__name__} contrasts another model "
                          "or was built on another model: pass backend='stream'.")
-    cache = find_cache((), model_kwargs)
+    cache_name = cache_keyword(model_kwargs)
+    cache = model_kwargs.get(cache_name)
     if type(cache) is not DynamicCache or cache.get_seq_length() or not model_kwargs.get("use_cache", True):
         raise ValueError("The doubled backend keeps both views in its own DoubledCache: do not pass a cache, "
                          "cache_implementation or use_cache=False (or pass backend='stream').")
     # generate_doubled() wraps a whole generate() call; here generate() has already prepared the loop, so the same
     # hooks and processor are put around the loop, and its fresh cache is swapped for a doubled one.
     doubled = DoubledBatch(contrast, None)
-    arguments[cache_keyword(model_kwargs)] = DoubledCache(config=model.config)
+    arguments[cache_name] = DoubledCache(config=model.config)
     with doubled.attached():
         return loop(input_ids, logits_processor=_with_contrast(logits_processor, doubled), **arguments)
 

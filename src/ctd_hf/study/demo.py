@@ -82,17 +82,17 @@ def _phase(index: int, count: int, what: str, started: float) -> None:
     print(f"[{index}/{count}] {what} ({(time.time() - started) / 60:.1f} min so far)", file=sys.stderr, flush=True)
 
 
-def _difference(pairs: dict, a: str, b: str) -> tuple[float, float, float, float, str]:
-    """``a - b`` in Rouge-L with its interval and p-value, and a's task wins against b with the sign test's p, from
-    the report's pairs (stored either way round)."""
+def _difference(pairs: dict, a: str, b: str) -> tuple[float, float, float, float, str, str]:
+    """``a - b`` in Rouge-L with its interval and p-value, then a's task wins against b (``wins:losses``) and the ties
+    with the sign test's p, from the report's pairs (stored either way round)."""
     key = next(key for key, pair in pairs.items() if {pair["a"], pair["b"]} == {a, b})
     pair = pairs[key]
     sign = 1 if pair["a"] == a else -1
     diff = pair["differences"]["rougeL"]
     low, high = sorted((sign * diff["low"], sign * diff["high"]))
     wins, losses = (pair["by_group"]["wins"], pair["by_group"]["losses"])[::sign]
-    tasks = f"{wins}:{losses} ({pair['by_group']['ties']} ties), sign test p = {pair['by_group']['sign_test_p']:.3g}"
-    return sign * diff["difference"], low, high, diff["p_value"], tasks
+    sign_test = f"({pair['by_group']['ties']} ties), sign test p = {pair['by_group']['sign_test_p']:.3g}"
+    return sign * diff["difference"], low, high, diff["p_value"], f"{wins}:{losses}", sign_test
 
 
 def summary(report: dict, folder: Path) -> str:
@@ -110,13 +110,13 @@ def summary(report: dict, folder: Path) -> str:
     verdicts = []
     for label in PAIRS:
         a, b = (part.strip() for part in label.split("-"))
-        difference, low, high, p_value, tasks = _difference(pairs, a, b)
+        difference, low, high, p_value, wins, sign_test = _difference(pairs, a, b)
         cells = [f"{difference:+.2f} [{low:+.2f}, {high:+.2f}]"]
         cells += [f"{methods[a]['categories'][c]['rougeL'] - methods[b]['categories'][c]['rougeL']:+.2f}"
                   for c in categories]
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {tasks.split(' (')[0]} |")
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {wins} |")
         verdicts.append(f"- {label}: {difference:+.2f} Rouge-L [{low:+.2f}, {high:+.2f}], p = {p_value:.3g}: "
-                        f"{verdict(a, b, low, high)}; task wins {tasks}.")
+                        f"{verdict(a, b, low, high)}; task wins {wins} {sign_test}.")
     return "\n".join([*lines, "", "Differences: paired over the same instances; 95% paired-bootstrap interval "
                        "(overall column); task wins: tasks where the first method's mean Rouge-L is higher, with the "
                        "sign test over tasks.", "", *verdicts, "", f"Full report: {folder / 'report.md'} (and "

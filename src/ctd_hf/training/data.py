@@ -79,6 +79,12 @@ def _read(source: str | Path | datasets.Dataset, split: str) -> datasets.Dataset
                          f"({type(error).__name__}: {error}).") from None
 
 
+def check_fraction(fraction: float) -> None:
+    """Refuse a data fraction outside (0, 1]."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise ValueError(f"`fraction` must be in (0, 1], got {fraction!r}.")
+
+
 def load_sft_data(
     source: str | Path | datasets.Dataset,
     fraction: float = 1.0,
@@ -93,8 +99,7 @@ def load_sft_data(
     the answer, or message lists). ``fraction`` in (0, 1] keeps a seeded random sample (the paper tunes on 1-10% of
     the SFT set).
     """
-    if not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
-        raise ValueError(f"`fraction` must be in (0, 1], got {fraction!r}.")
+    check_fraction(fraction)
     dataset = _read(source, split)
     if len(dataset) == 0:
         raise ValueError(f"The SFT data {source} is empty: it holds no example.")

@@ -29,7 +29,7 @@ from ..plots import loss_curves
 from ..records import check_output_folder, write_json
 from ..resources import resource_path
 from .config import CTDConfig
-from .data import load_sft_data, tokenize_sft
+from .data import check_fraction, load_sft_data, tokenize_sft
 from .prefix import add_soft_prefix, check_adapter, check_not_exported
 from .trainer import CTDTrainer
 
@@ -81,8 +81,7 @@ class TuneSettings:
         if not self.learning_rate > 0:
             raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate!r}.")
         self.alpha = check_strength(self.alpha, "alpha")
-        if isinstance(self.fraction, bool) or not isinstance(self.fraction, (int, float)) or not 0 < self.fraction <= 1:
-            raise ValueError(f"`fraction` must be in (0, 1], got {self.fraction!r}.")
+        check_fraction(self.fraction)
 
     def key(self) -> dict[str, Any]:
         """The settings a resumed run must share (all but the length of training and the checkpoint interval)."""

@@ -85,8 +85,8 @@ def official_test_tasks_in(task_list: Path) -> list[str]:
 
 
 def load_superni(options: SuperNIOptions) -> list[dict]:
-    """SuperNI items: the first ``max_instances`` instances of each task listed in ``splits/<tasks>`` of ``dir``, from
-    the task files (``tasks/*.json``) or from ``dataset``.
+    """SuperNI items: the first ``max_instances`` instances of each task listed in ``splits/<tasks>`` of ``dir`` (or,
+    with ``per_category``, each category's share), from the task files (``tasks/*.json``) or from ``dataset``.
 
     Category = the task's first ``Categories`` entry, or its entry in ``categories`` (a task -> category JSON under
     ``splits/``, e.g. for train tasks that stand in for test categories; with ``dataset``, which has no categories,
