@@ -7,15 +7,18 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 from peft import LoraConfig, TaskType, get_peft_model
-from transformers import AutoModelForCausalLM
+from transformers import (AutoModelForCausalLM, DynamicCache, LogitsProcessor, NoBadWordsLogitsProcessor,
+                          RepetitionPenaltyLogitsProcessor)
 
 import ctd_hf
 from conftest import build_model
 from ctd_hf import (ContrastiveDecodingContrast, ContrastProcessor, CTDConfig, CTDContrast, CTDTrainer,
-                    InstructiveContrast, RightPaddingCollator, add_soft_prefix, generate_doubled)
+                    InstructiveContrast, OriginalPredictions, RightPaddingCollator, add_soft_prefix, generate_doubled)
+from ctd_hf._compat import CACHE_ARGUMENT
 from ctd_hf.cli import main
+from ctd_hf.integrations.custom_generate import BACKENDS
 from ctd_hf.integrations.hub import export_custom_generate
-from ctd_hf.training.prefix import AdapterMismatchError
+from ctd_hf.adapter import AdapterMismatchError
 
 
 @pytest.fixture
@@ -68,15 +71,80 @@ def test_callable_runs_id_and_cd_and_returns_generate_outputs(lively):
 
 def test_callable_refuses_what_it_cannot_run(lively):
     model, contrast, inputs = lively
-    amateur = build_model(model.config.vocab_size, seed=1, num_hidden_layers=1)
     cases = [({}, TypeError, "needs `contrast=`"),
              ({"contrast": contrast, "backend": "fast"}, ValueError, "`backend` is one of"),
-             ({"contrast": ContrastiveDecodingContrast(model, amateur)}, ValueError, "backend='stream'"),
-             ({"contrast": contrast, "penalty_alpha": 0.6, "top_k": 4}, ValueError, "contrastive_search"),
-             ({"contrast": contrast, "use_cache": False}, ValueError, "DoubledCache")]
+             ({"contrast": contrast, "penalty_alpha": 0.6, "top_k": 4}, ValueError, "contrastive_search")]
     for options, error, message in cases:
         with pytest.raises(error, match=message):
             model.generate(**inputs, custom_generate=ctd_hf.custom_generate, **options)
+
+
+class KeepTopTwo(LogitsProcessor):
+    """A user processor that keeps the two best scores it is given: before the contrast it limits the contrast's
+    pick to the model's two likeliest tokens, after it would change nothing, so it shows where the contrast runs."""
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return scores.masked_fill(scores < scores.topk(2, dim=-1).values[:, -1:], float("-inf"))
+
+
+@pytest.mark.parametrize("user", [KeepTopTwo(), RepetitionPenaltyLogitsProcessor(1.5),
+                                  NoBadWordsLogitsProcessor([[308], [100]], eos_token_id=2)],
+                         ids=["keep-top-two", "repetition-penalty", "bad-words"])
+def test_every_executor_runs_the_contrast_after_the_callers_processors(lively, user):
+    """Issue 20: generate_doubled ran the contrast before the caller's processors, custom_generate and the stream
+    executor after them; all now give the stream executor's tokens with the contrast passed last."""
+    model, contrast, inputs = lively
+    options = {**inputs, "max_new_tokens": 8, "do_sample": False}
+    with ContrastProcessor(contrast) as processor:
+        expected = model.generate(**options, logits_processor=[user, processor])
+        assert not torch.equal(expected, model.generate(**options, logits_processor=[processor]))  # user matters
+        if isinstance(user, KeepTopTwo):  # and so does the order
+            assert not torch.equal(expected, model.generate(**options, logits_processor=[processor, user]))
+    assert torch.equal(generate_doubled(model, contrast, **options, logits_processor=[user]), expected)
+    for backend in BACKENDS:
+        output = model.generate(**options, logits_processor=[user], custom_generate=ctd_hf.custom_generate,
+                                contrast=contrast, backend=backend)
+        assert torch.equal(output, expected), backend
+
+
+def test_doubled_refusals_read_the_same_from_both_entry_points(lively):
+    """One check (ctd_hf.decoding.doubled.check_doubled) refuses for generate_doubled and custom_generate alike."""
+    model, contrast, inputs = lively
+    other = build_model(model.config.vocab_size, seed=1, num_hidden_layers=1)
+    filled = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], **{CACHE_ARGUMENT: filled})
+    bare = {"max_new_tokens": 2, "pad_token_id": inputs["pad_token_id"]}
+    cases = {
+        "two models": (ContrastiveDecodingContrast(model, other), inputs, "one model"),
+        "another model": (CTDContrast(other, torch.randn(4, 32)), inputs, "built on another model"),
+        "inputs_embeds": (contrast, {**bare, "inputs_embeds": model.get_input_embeddings()(inputs["input_ids"]),
+                                     "attention_mask": inputs["attention_mask"]}, "`inputs_embeds`"),
+        "cache_implementation": (contrast, {**inputs, "cache_implementation": "static"}, "`cache_implementation`"),
+        "cache": (contrast, {**inputs, CACHE_ARGUMENT: filled}, f"`{CACHE_ARGUMENT}`"),
+        "empty prompt": (contrast, {**bare, "input_ids": torch.zeros((1, 0), dtype=torch.long)}, "prompt length"),
+        "use_cache": (contrast, {**inputs, "use_cache": False}, "use_cache=False"),
+        "record beams": (ContrastProcessor(contrast, OriginalPredictions()), {**inputs, "num_beams": 2},
+                         "beam search"),
+    }
+    for case, (refused, options, words) in cases.items():
+        with pytest.raises(ValueError, match=words) as direct:
+            generate_doubled(model, refused, **options)
+        with pytest.raises(ValueError) as hooked:
+            model.generate(**options, custom_generate=ctd_hf.custom_generate, contrast=refused)
+        assert str(hooked.value) == str(direct.value), case
+
+
+def test_callable_fills_the_record_of_a_processor(lively):
+    model, contrast, inputs = lively
+    expected = OriginalPredictions()
+    generate_doubled(model, ContrastProcessor(contrast, expected), **inputs, do_sample=False)
+    for backend in BACKENDS:
+        record = OriginalPredictions()
+        model.generate(**inputs, do_sample=False, custom_generate=ctd_hf.custom_generate,
+                       contrast=ContrastProcessor(contrast, record), backend=backend)
+        assert len(record.steps) == len(expected.steps) == inputs["max_new_tokens"], backend
+        assert all(torch.equal(a[0], b[0]) and torch.allclose(a[1], b[1]) for a, b in zip(record.steps, expected.steps))
 
 
 @pytest.fixture

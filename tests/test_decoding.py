@@ -205,7 +205,7 @@ def test_prefix_for_another_model_is_refused(tiny_model_dir, tmp_path, left_toke
     from transformers import AutoModelForCausalLM
 
     from ctd_hf import add_soft_prefix
-    from ctd_hf.training.prefix import write_card
+    from ctd_hf.adapter import write_card
 
     prefixed = add_soft_prefix(AutoModelForCausalLM.from_pretrained(tiny_model_dir), num_virtual_tokens=4)
     prefixed.save_pretrained(tmp_path / "prefix")

@@ -14,7 +14,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 from transformers import PreTrainedTokenizerFast
 
-from ctd_hf.training.prefix import prefix_embeddings
+from ctd_hf.adapter import prefix_embeddings
 from ddp_worker import build_trainer
 
 WORKER = Path(__file__).with_name("ddp_worker.py")

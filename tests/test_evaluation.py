@@ -8,12 +8,16 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
+from ctd_hf import get_task
 from ctd_hf.evaluation.runner import EvalSettings, run_evaluation
+from ctd_hf.evaluation.scoring import load_metric
 from ctd_hf.decoding.methods import DecodingMethod
 from ctd_hf.models import ensure_pad_token
+from ctd_hf.records import read_records
 
 from conftest import DATA, LONG, build_model
 
@@ -47,6 +51,25 @@ def test_superni_report_tables_and_plots(tokenizer, tmp_path):
     settings = json.loads((tmp_path / "report.json").read_text())["settings"]
     assert settings["methods"]["id"] == {"method": "id", "strength": 0.3, "noise": "opposite", "noise_rate": 0.6}
     assert {"torch", "transformers", "peft", "ctd_hf"} <= set(settings["versions"])
+    # Every number is the mean of the per-instance scores of the written predictions (issue 20), overall, per category
+    # and per task; the scores are recomputed here with the metric script.
+    task = get_task("superni")
+    items = task.load(task.make_options(SUPERNI["options"]["superni"]))
+    metric = load_metric("superni", keep_in_memory=True)
+    for name, reported in superni["methods"].items():
+        path = tmp_path / "predictions" / "superni" / name / "rank-0.jsonl"
+        found = {r["id"]: r["prediction"] for r in read_records(path)}
+        scores = metric.compute(predictions=[found[i["id"]] for i in items],
+                                references=[i["references"] for i in items], per_instance=True)
+
+        def means(keep) -> dict:
+            return {k: pytest.approx(np.mean([v for v, i in zip(values, items) if keep(i)]), abs=1e-9)
+                    for k, values in scores.items()}
+
+        assert reported["overall"] == means(lambda item: True)
+        assert reported["categories"] == {c: means(lambda item: item["category"] == c)
+                                          for c in {i["category"] for i in items}}
+        assert reported["tasks"] == {t: means(lambda item: item["group"] == t) for t in {i["group"] for i in items}}
 
 
 def test_interrupted_run_resumes_to_the_same_report(tokenizer, tmp_path):

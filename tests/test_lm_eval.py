@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 from conftest import build_model
 from ctd_hf import CTDContrast, InstructiveContrast, add_soft_prefix, generate_doubled, noisy_instruction
 from ctd_hf.contrast import contrastive_decoding_scores
-from ctd_hf.training.prefix import write_card
+from ctd_hf.adapter import write_card
 
 lm_eval = pytest.importorskip("lm_eval")
 from lm_eval.tasks import TaskManager  # noqa: E402
@@ -208,7 +208,7 @@ def test_bad_settings_are_refused(setup):
     folder = str(setup.root / "tiny-llama")
     with pytest.raises(ValueError, match="Unknown method 'xyz'"):
         CTDLM(pretrained=folder, method="xyz", device="cpu")
-    with pytest.raises(ValueError, match="needs a prefix"):
+    with pytest.raises(ValueError, match="`prefix` is needed by method ctd"):
         CTDLM(pretrained=folder, method="ctd", device="cpu")
     with pytest.raises(ValueError, match="integer batch_size"):
         CTDLM(pretrained=folder, method="id", batch_size="auto", device="cpu")

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import socket
 
+import numpy as np
 import pytest
 
+from ctd_hf import get_task
 from ctd_hf.evaluation.scoring import load_metric, metric_path
+from ctd_hf.evaluation.tasks import ScoreContext
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +118,52 @@ def test_drop_averages_over_questions(drop):
     # EM = (0 + 1) / 2 -> 50; F1 = (0.67 + 1) / 2 = 0.835 -> 83.5.
     scores = drop.compute(predictions=["2 yards", "2.0"], references=[["2"], ["2"]])
     assert scores == {"exact_match": pytest.approx(50.0), "f1": pytest.approx(83.5)}
+
+
+def _items_and_answers(name: str, options: dict) -> tuple[list[dict], list[str]]:
+    """A task's shipped items and answers scoring strictly between 0 and 100: every other answer is the first
+    reference, the others that reference with two more words."""
+    task = get_task(name)
+    items = task.load(task.make_options(options))
+    first = [i["references"][0] if isinstance(i["references"][0], str) else " ".join(i["references"][0]) for i in items]
+    return items, [reference if k % 2 == 0 else reference + " or so" for k, reference in enumerate(first)]
+
+
+@pytest.mark.parametrize("name, options", [("superni", {"max_instances": 5}), ("drop", {"limit": 40})])
+def test_aggregate_is_the_mean_of_the_instance_scores(name, options):
+    """What lets a report average per-instance scores instead of rerunning the metric (issue 20): both official
+    aggregates are means over instances, x100 (SuperNI's rounded to 4 places)."""
+    items, answers = _items_and_answers(name, options)
+    references = [i["references"] for i in items]
+    metric = load_metric(name, keep_in_memory=True)
+    aggregate = metric.compute(predictions=answers, references=references)
+    per_instance = metric.compute(predictions=answers, references=references, per_instance=True)
+    assert set(aggregate) == set(per_instance) and all(0 < value < 100 for value in aggregate.values())
+    tolerance = 5e-5 if name == "superni" else 1e-9
+    assert aggregate == {k: pytest.approx(np.mean(v), abs=tolerance) for k, v in per_instance.items()}
+
+
+def test_superni_scores_equal_the_metric_on_each_category_and_task(tmp_path):
+    """The SuperNI scorer once ran the metric on the whole set, each category and each task; the means of the
+    per-instance scores it reports now are the same numbers, but unrounded."""
+    items, answers = _items_and_answers("superni", {"max_instances": 5})
+    reported = get_task("superni").score(items, {"m": answers}, ScoreContext(output_dir=tmp_path, model_name="tiny"))
+    reported = reported["methods"]["m"]
+    metric = load_metric("superni", keep_in_memory=True)
+
+    def official(keep) -> dict:
+        chosen = [k for k, item in enumerate(items) if keep(item)]
+        scores = metric.compute(predictions=[answers[k] for k in chosen],
+                                references=[items[k]["references"] for k in chosen])
+        return {metric_name: pytest.approx(value, abs=5e-5) for metric_name, value in scores.items()}
+
+    assert reported["overall"] == official(lambda item: True)
+    assert set(reported["categories"]) == {i["category"] for i in items} and len(reported["categories"]) > 1
+    assert set(reported["tasks"]) == {i["group"] for i in items} and len(reported["tasks"]) > 1
+    for category, scores in reported["categories"].items():
+        assert scores == official(lambda item: item["category"] == category), category
+    for task, scores in reported["tasks"].items():
+        assert scores == official(lambda item: item["group"] == task), task
 
 
 def test_unknown_metric_names_the_shipped_ones():

@@ -10,7 +10,7 @@ from peft import PeftModel
 from transformers import set_seed
 
 from ctd_hf import AdapterMismatchError, add_soft_prefix, check_adapter, load_adapter
-from ctd_hf.training.prefix import prefix_embeddings, write_card
+from ctd_hf.adapter import prefix_embeddings, write_card
 
 from conftest import build_model
 

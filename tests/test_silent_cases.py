@@ -13,7 +13,7 @@ from ctd_hf import (ContrastProcessor, CTDConfig, CTDContrast, CTDTrainer, Decod
                     InstructiveContrast, add_soft_prefix, generate_doubled, load_sft_data, run_evaluation,
                     tokenize_sft)
 from ctd_hf.models import ensure_pad_token
-from ctd_hf.training.prefix import prefix_embeddings
+from ctd_hf.adapter import prefix_embeddings
 
 from conftest import DATA, SFT_SAMPLE, build_model, cli_error
 
@@ -101,14 +101,14 @@ def test_eval_settings_are_checked_before_anything_is_written(tok, tmp_path):
     prefix_dir = tmp_path / "prefix"
     prefixed = add_soft_prefix(build_model(len(tok) + 8), num_virtual_tokens=2)  # for another vocabulary
     prefixed.save_pretrained(prefix_dir)
-    from ctd_hf.training.prefix import write_card
+    from ctd_hf.adapter import write_card
 
     write_card(prefix_dir, prefixed)
     methods = {"od": DecodingMethod("od"), "ctd": DecodingMethod("ctd", prefix=str(prefix_dir))}
     with pytest.raises(ValueError, match="vocabulary"):
         run_evaluation(model, tok, methods, _eval_settings(), tmp_path / "run", "tiny-llama")
     assert not (tmp_path / "run").exists()
-    with pytest.raises(ValueError, match="beta"):
+    with pytest.raises(ValueError, match="`strength` must be a finite number >= 0"):
         DecodingMethod("ctd", prefix=str(prefix_dir), strength=-1)
 
 
@@ -361,7 +361,7 @@ def test_round_two_unclear_errors_name_the_problem_and_the_fix(model, tok, tmp_p
     with pytest.raises(ValueError, match="base model"):
         prefixed.generate(input_ids=torch.tensor([[1, 5, 7]]), custom_generate=ctd_hf.custom_generate,
                           contrast=CTDContrast(prefixed, prefixed), max_new_tokens=2, pad_token_id=0)
-    with pytest.raises(ValueError, match="`alpha` .* must be a number in \\(0, 1\\], got '0.1'"):
+    with pytest.raises(ValueError, match="`alpha` must be a number, got '0.1'"):
         ContrastiveDecodingContrast(model, model, "0.1", 1.0)
     with torch.device("meta"):
         unloaded = build_model(len(tok))

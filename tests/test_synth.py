@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from transformers import PreTrainedTokenizerFast
 
-from ctd_hf import load_model_and_tokenizer, synthesize
+from ctd_hf import GenerationSettings, SynthSettings, load_model_and_tokenizer, synthesize
 from ctd_hf.cli import main
 from ctd_hf.decoding.methods import DecodingMethod
 
@@ -149,8 +149,9 @@ def test_two_processes_equal_one(tiny_pair, instructions, reference, tmp_path):
 def test_default_model_as_its_own_amateur_on_alpaca_eval(tmp_path):
     model, tokenizer = load_model_and_tokenizer("default")
     method = DecodingMethod("cd", amateur=model)
-    dataset = synthesize(model, tokenizer, DATA / "alpaca_eval" / "alpaca_eval.json.gz", tmp_path, method,
-                         batch_size=3, generate_kwargs={"max_new_tokens": 16}, output_format="messages", limit=3)
+    settings = SynthSettings(batch_size=3, generation=GenerationSettings(max_new_tokens=16), output_format="messages",
+                             limit=3)
+    dataset = synthesize(model, tokenizer, DATA / "alpaca_eval" / "alpaca_eval.json.gz", tmp_path, method, settings)
     assert len(dataset) == 3 and dataset.column_names == ["messages", "id"]
     for row in dataset:
         user, assistant = row["messages"]

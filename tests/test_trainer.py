@@ -14,7 +14,7 @@ from transformers import TrainerCallback
 from ctd_hf import (CTDConfig, CTDTrainer, RightPaddingCollator, add_soft_prefix, load_adapter, load_sft_data,
                     tokenize_sft)
 from ctd_hf.models import ensure_pad_token
-from ctd_hf.training.prefix import prefix_embeddings
+from ctd_hf.adapter import prefix_embeddings
 
 from conftest import SFT_SAMPLE
 

@@ -44,12 +44,14 @@ _EXPORTS = {
     "METHODS": "decoding.methods",
     "DecodingMethod": "decoding.methods",
     "generate_answers": "decoding.batch",
+    "GenerationSettings": "decoding.batch",
     "custom_generate": "integrations.custom_generate",
+    # the saved adapter format, which training writes and decoding reads
+    "AdapterMismatchError": "adapter",
+    "check_adapter": "adapter",
+    "load_adapter": "adapter",
     # training
-    "AdapterMismatchError": "training.prefix",
     "add_soft_prefix": "training.prefix",
-    "check_adapter": "training.prefix",
-    "load_adapter": "training.prefix",
     "RightPaddingCollator": "training.data",
     "load_sft_data": "training.data",
     "tokenize_sft": "training.data",
@@ -64,6 +66,7 @@ _EXPORTS = {
     "get_task": "evaluation.tasks",
     "register_task": "evaluation.tasks",
     "load_metric": "evaluation.scoring",
+    "SynthSettings": "synthesis",
     "synthesize": "synthesis",
 }
 

@@ -14,19 +14,6 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100
 
 
-def check_strength(strength: float, name: str = "strength") -> float:
-    """Return ``strength`` as a float, refusing non-numbers, negative, infinite and NaN values."""
-    if isinstance(strength, bool):
-        raise TypeError(f"`{name}` must be a number, got {strength!r}.")
-    try:
-        value = float(strength)
-    except (TypeError, ValueError):
-        raise TypeError(f"`{name}` must be a number, got {strength!r}.") from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"`{name}` must be a finite number >= 0, got {strength!r}.")
-    return value
-
-
 def contrast_logits(
     logits: torch.Tensor, contrast: torch.Tensor, strength: float, inplace: bool = False
 ) -> torch.Tensor:
@@ -110,8 +97,6 @@ def token_loss(
 
 def plausibility_mask(log_probs: torch.Tensor, alpha: float) -> torch.Tensor:
     """Contrastive Decoding's plausible set ``{v : p(v) >= alpha * max p}``, from log-probabilities."""
-    if not 0 < alpha <= 1:
-        raise ValueError(f"The plausibility threshold must be in (0, 1], got {alpha}.")
     return log_probs >= log_probs.max(dim=-1, keepdim=True).values + math.log(alpha)
 
 

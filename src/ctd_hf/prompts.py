@@ -8,9 +8,20 @@ the same tokens in both.
 
 from __future__ import annotations
 
+from typing import Any
+
 from transformers import PreTrainedTokenizerBase
 
+from .settings import setting
+
 PROMPT_FORMATS = ("chatml", "alpaca", "sua", "chat_template")
+
+
+def prompt_format_setting() -> Any:
+    """The ``prompt_format`` field of a settings dataclass (one declaration for every job that renders prompts)."""
+    return setting("chatml", choices=PROMPT_FORMATS, help="How prompts are rendered; chat_template is the tokenizer's "
+                                                          "own.")
+
 
 _ALPACA_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,13 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ._version import __version__
-from .decoding.batch import generate_answers
+from .decoding.batch import GenerationSettings, generate_answers
 from .decoding.methods import DecodingMethod
 from .distributed import process_state
 from .models import fingerprint
-from .prompts import PROMPT_FORMATS
+from .prompts import prompt_format_setting
 from .records import append_records, check_output_folder, load_json_records, read_records, write_json, write_text
+from .settings import check_settings, check_value, positive_int, setting
 
 OUTPUT_FORMATS = ("alpaca", "messages")
 CONFIG_NAME = "synthesis_config.json"
@@ -50,8 +52,7 @@ def load_instructions(
     """
     rows = load_json_records(source, _check_instruction) if isinstance(source, (str, Path)) else source
     if limit is not None:
-        if limit < 1:
-            raise ValueError(f"`limit` must be >= 1, got {limit}.")
+        limit = check_value("limit", limit, positive_int)
         rows = rows.select(range(min(limit, len(rows)))) if isinstance(rows, datasets.Dataset) else rows[:limit]
     records = []
     for key, row in enumerate(rows):
@@ -73,45 +74,51 @@ def _check_instruction(row: Any) -> None:
         raise ValueError(f"an instruction record needs a non-empty string `instruction`, got {str(row)[:200]}.")
 
 
+@dataclass(kw_only=True)
+class SynthSettings:
+    """How instructions are answered and the dataset written (the method and the models come separately)."""
+
+    prompt_format: str = prompt_format_setting()
+    generation: GenerationSettings = setting(default_factory=GenerationSettings, cli=False,
+                                             help="generate() options (default: 128 new tokens, greedy).")
+    batch_size: int = setting(8, check=positive_int, help="Prompts per generate() call.")
+    also_plain: bool = setting(False, help="Also store the expert's plain answer (output_plain).")
+    output_format: str = setting("alpaca", choices=OUTPUT_FORMATS, flag="--format",
+                                 help="alpaca: instruction, input, output; messages: a user and an assistant message.")
+    limit: int | None = setting(None, check=positive_int, help="Answer only the first N instructions.")
+    seed: int = setting(0, help="Seeds sampling (with the process's rank added).")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
 def synthesize(
     expert: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     instructions: str | Path | datasets.Dataset | list[dict],
     output_dir: str | Path,
     method: DecodingMethod,
-    prompt_format: str = "chatml",
-    batch_size: int = 8,
-    generate_kwargs: dict[str, Any] | None = None,
-    also_plain: bool = False,
-    output_format: str = "alpaca",
-    limit: int | None = None,
-    seed: int = 0,
+    settings: SynthSettings | None = None,
     rank: int | None = None,
     world_size: int | None = None,
 ) -> datasets.Dataset | None:
     """Answer ``instructions`` with ``method`` on ``expert`` and write the dataset to ``output_dir`` (resumable).
 
-    ``generate_kwargs`` go to ``generate()`` (default ``max_new_tokens=128``, greedy). ``also_plain`` also stores
-    the expert's plain answer (method ``od``, same kwargs without sampling) as ``output_plain``. ``output_format`` is
-    ``"alpaca"`` (``instruction``, ``input``, ``output``) or ``"messages"`` (a user and an assistant message).
-    ``rank``/``world_size`` default to accelerate's ``PartialState`` (``accelerate launch`` or ``torchrun``); separate
-    jobs may pass them instead, and a final ``world_size=1`` run then merges. Sampling is seeded with ``seed + rank``.
+    ``settings.also_plain`` also stores the expert's plain answer (method ``od``, the same options without sampling)
+    as ``output_plain``. ``rank``/``world_size`` default to accelerate's ``PartialState`` (``accelerate launch`` or
+    ``torchrun``); separate jobs may pass them instead, and a final ``world_size=1`` run then merges. Sampling is
+    seeded with ``seed + rank``.
 
     Returns the merged dataset on the process that merges (rank 0, once every instruction is answered), else None.
     """
-    if output_format not in OUTPUT_FORMATS:
-        raise ValueError(f"Unknown output format {output_format!r}; choose one of {OUTPUT_FORMATS}.")
-    if prompt_format not in PROMPT_FORMATS:
-        raise ValueError(f"Unknown prompt format {prompt_format!r}; choose one of {PROMPT_FORMATS}.")
-    if batch_size < 1:
-        raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
+    settings = settings or SynthSettings()
     state = process_state()
     rank = state.process_index if rank is None else rank
     world_size = state.num_processes if world_size is None else world_size
     if not 0 <= rank < world_size:
         raise ValueError(f"`rank` must be in [0, {world_size}), got {rank}.")
-    kwargs = {"max_new_tokens": 128, "do_sample": False, **(generate_kwargs or {})}
-    records = load_instructions(instructions, limit)
+    kwargs = settings.generation.generate_kwargs()
+    records = load_instructions(instructions, settings.limit)
     method.check(expert, tokenizer)
     output_dir = check_output_folder(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -123,9 +130,9 @@ def synthesize(
         "amateur_fingerprint": fingerprint(method.amateur) if method.amateur is not None else None,
         "method": method.settings(),
         "generate_kwargs": kwargs,
-        "prompt_format": prompt_format,
-        "seed": seed,
-        "also_plain": also_plain,
+        "prompt_format": settings.prompt_format,
+        "seed": settings.seed,
+        "also_plain": settings.also_plain,
         "instructions": str(instructions) if isinstance(instructions, (str, Path)) else type(instructions).__name__,
     }
     config = json.loads(json.dumps(config, default=str))
@@ -137,20 +144,21 @@ def synthesize(
     read_records(shard, repair=True)
     done = _answered(output_dir, records)
     todo = [r for r in records if r["key"] % world_size == rank and r["key"] not in done]
-    transformers.set_seed(seed + rank)
+    transformers.set_seed(settings.seed + rank)
     plain = DecodingMethod("od")
     plain_kwargs = {k: v for k, v in kwargs.items() if k not in ("temperature", "top_k", "top_p")}
     plain_kwargs["do_sample"] = False
     plain_is_output = method.name == "od" and not kwargs["do_sample"]
-    batches = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
+    size = settings.batch_size
+    batches = [todo[start : start + size] for start in range(0, len(todo), size)]
     desc = "Synthesizing" + (f" (rank {rank}/{world_size})" if world_size > 1 else "")
     for batch in tqdm(batches, desc=desc, unit="batch", file=sys.stderr, position=rank if world_size > 1 else None):
         messages = [{"role": "user", "content": r["instruction"], "input": r["input"]} for r in batch]
-        answers = generate_answers(expert, tokenizer, messages, method, prompt_format, **kwargs)
+        answers = generate_answers(expert, tokenizer, messages, method, settings.prompt_format, **kwargs)
         rows = [{**r, "output": answer} for r, answer in zip(batch, answers)]
-        if also_plain:
+        if settings.also_plain:
             plain_answers = answers if plain_is_output else generate_answers(
-                expert, tokenizer, messages, plain, prompt_format, **plain_kwargs)
+                expert, tokenizer, messages, plain, settings.prompt_format, **plain_kwargs)
             rows = [{**row, "output_plain": answer} for row, answer in zip(rows, plain_answers)]
         append_records(shard, rows)
 
@@ -164,7 +172,8 @@ def synthesize(
         print(f"{missing} of {len(records)} instructions still lack an answer (other ranks' jobs?): not merged yet.",
               file=sys.stderr)
         return None
-    return _merge(output_dir, [answered[r["key"]] for r in records], config, output_format, also_plain)
+    return _merge(output_dir, [answered[r["key"]] for r in records], config, settings.output_format,
+                  settings.also_plain)
 
 
 def _check_config(output_dir: Path, config: dict) -> None:

@@ -1,15 +1,19 @@
-"""The ``ctd-hf`` command line: one module per subcommand, shared argument groups in ``arguments``.
+"""The ``ctd-hf`` command line: one module per subcommand, its flags generated from settings dataclasses
+(``flags``), the flags several subcommands share in ``arguments``.
 
-Library modules never parse arguments or exit; the subcommands turn parsed arguments into library calls.
+Library modules never parse arguments or exit; the subcommands turn parsed arguments into library calls. The library
+reports progress through ``logging`` (logger ``ctd_hf``); the command line shows it on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import NoReturn
 
 from .._version import __version__
+from ..settings import SettingError
 from . import eval as eval_command
 from . import demo, export_hub, generate, sweep, synth, tune
 
@@ -40,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``ctd-hf`` console script. An error ends it with one line on stderr and exit status 2
     (argparse's convention for bad usage), or with the traceback under ``--debug``."""
     args = build_parser().parse_args(argv)
+    _show_progress()
     try:
         args.func(args)
     except KeyboardInterrupt:
@@ -49,5 +54,35 @@ def main(argv: list[str] | None = None) -> None:
             raise
         known = isinstance(error, (ValueError, TypeError, OSError, RuntimeError))
         hint = "" if known else f" ({type(error).__name__}; run with --debug for the traceback)"
-        print(f"ctd-hf {args.command}: error: {error}{hint}", file=sys.stderr)
+        print(f"ctd-hf {args.command}: error: {_with_flag(error, args)}{hint}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _with_flag(error: Exception, args: argparse.Namespace) -> str:
+    """The error, naming the flag that set a refused setting (the library names the parameter)."""
+    flag = getattr(args, "flags", {}).get(getattr(error, "name", None)) if isinstance(error, SettingError) else None
+    return f"argument {flag}: {error.problem}" if flag else str(error)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a message comes (test runners and notebooks replace it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property
+    def stream(self):  # noqa: ANN201 (the handler's attribute)
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
+def _show_progress() -> None:
+    """The library's progress and phase messages on stderr, as plain lines (once per process)."""
+    logger = logging.getLogger("ctd_hf")
+    if not any(isinstance(handler, _StderrHandler) for handler in logger.handlers):
+        logger.addHandler(_StderrHandler())
+        logger.setLevel(logging.INFO)

@@ -4,24 +4,31 @@ differences with their 95% intervals."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
+from ..settings import output_folder, setting
 from ..study.demo import FULL, QUICK, run_demo
-from .arguments import output_folder
+from .arguments import ModelArguments
+from .flags import add_flags
+
+
+@dataclass(kw_only=True)
+class DemoCommand:
+    output_dir: str | None = setting(None, check=output_folder, help=(
+        "The prefix, predictions and report go here (default runs/demo, or runs/demo-quick with --quick, so the two "
+        "never meet in one folder); a rerun resumes."))
+    prefix: str | None = setting(None, help="Reuse a prefix folder (written by `ctd-hf tune`) instead of tuning one.")
+    quick: bool = setting(False, help="A small run that shows the pipeline (a few minutes); too small to answer the "
+                                      "question.")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    demo = subparsers.add_parser("demo", help="Does CTD help this model? Tune a prefix, decode a held-out SuperNI "
-                                              "sample with od, id and ctd, and report differences with intervals.")
-    demo.add_argument("--output-dir", type=output_folder, default=None,
-                      help="The prefix, predictions and report go here (default runs/demo, or runs/demo-quick with "
-                           "--quick, so the two never meet in one folder); a rerun resumes.")
-    demo.add_argument("--prefix", default=None, help="Reuse a prefix folder (written by `ctd-hf tune`) instead of "
-                                                     "tuning one.")
-    demo.add_argument("--quick", action="store_true", help="A small run that shows the pipeline (a few minutes); "
-                                                          "too small to answer the question.")
-    demo.add_argument("--model", default="default", help="Local folder or hub name; 'default' is the embedded "
-                                                         "SmolLM2-135M-Instruct.")
-    demo.set_defaults(func=run)
+    parser = subparsers.add_parser("demo", help="Does CTD help this model? Tune a prefix, decode a held-out SuperNI "
+                                                "sample with od, id and ctd, and report differences with intervals.")
+    flags: dict[str, str] = {}
+    add_flags(parser, DemoCommand, flags)
+    add_flags(parser, ModelArguments, flags, names=["model"])
+    parser.set_defaults(func=run, flags=flags)
 
 
 def run(args: argparse.Namespace) -> dict:

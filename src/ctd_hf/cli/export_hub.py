@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
+from ..decoding.methods import DecodingMethod
 from ..integrations.hub import export_custom_generate
+from ..settings import like, setting
+from .flags import add_flags
+
+
+@dataclass(kw_only=True)
+class ExportCommand:
+    prefix_dir: str = setting(positional=True, help="Prefix folder written by `ctd-hf tune` (published as it is).")
+    beta: float = like(DecodingMethod, "strength", 0.3, flags=None,
+                       help="Default contrast strength of the exported generate.")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    export = subparsers.add_parser(
+    parser = subparsers.add_parser(
         "export-hub", help="Write custom_generate/ and the model card into a prefix folder, for "
                            "model.generate(custom_generate=REPO_OR_DIR, trust_remote_code=True).")
-    export.add_argument("prefix_dir", help="Prefix folder written by `ctd-hf tune` (published as it is).")
-    export.add_argument("--beta", type=float, default=0.3, help="Default contrast strength of the exported generate.")
-    export.set_defaults(func=run)
+    flags: dict[str, str] = {}
+    add_flags(parser, ExportCommand, flags)
+    parser.set_defaults(func=run, flags=flags)
 
 
 def run(args: argparse.Namespace) -> Path:

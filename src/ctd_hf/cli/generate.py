@@ -5,51 +5,58 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import transformers
 from tqdm.auto import tqdm
 
-from ..decoding.batch import check_prompt_lengths, generate_answers
-from ..decoding.methods import METHODS, DecodingMethod
+from ..decoding.batch import GenerationSettings, check_prompt_lengths, generate_answers
+from ..decoding.methods import METHODS
 from ..models import load_model_and_tokenizer
+from ..prompts import prompt_format_setting
 from ..records import load_json_records
-from .arguments import (
-    add_decoding_arguments,
-    add_method_arguments,
-    add_model_arguments,
-    add_prompt_format_argument,
-    check_method_arguments,
-    decoding_options,
-    load_amateur,
-    method_kwargs,
-)
+from ..settings import SettingError, check_settings, positive_int, setting
+from .arguments import ModelArguments, add_method_flags, check_method_arguments, decoding_method
+from .flags import add_flags, values
+
+
+@dataclass(kw_only=True)
+class GenerateCommand:
+    prompt: list[str] | None = setting(None, repeat=True, help="A user message (repeat for several).")
+    prompts_file: str | None = setting(None, help=(
+        "JSON list / JSONL of prompts (strings, or objects with `prompt` or `instruction` and optional `input`), or "
+        "a text file of one prompt a line."))
+    prompt_format: str = prompt_format_setting()
+    method: str | None = setting(None, choices=METHODS, help=(
+        "od: plain; id: Instructive Decoding; cd: Contrastive Decoding; ctd: CTD (default: ctd with --prefix, else "
+        "od)."))
+    batch_size: int = setting(8, check=positive_int, help="Prompts per generate() call.")
+    seed: int = setting(0, help="Seeds sampling.")
+    output: str | None = setting(None, help="Write JSONL here instead of printing.")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+        if (self.prompt is None) == (self.prompts_file is None):
+            raise SettingError("prompt", "or `prompts_file` gives the prompts: pass exactly one of them.")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    gen = subparsers.add_parser("generate", help="Decode prompts with od (plain), id, cd or ctd.")
-    add_model_arguments(gen)
-    source = gen.add_mutually_exclusive_group(required=True)
-    source.add_argument("--prompt", action="append", help="A user message (repeat for several).")
-    source.add_argument("--prompts-file", help="JSON list / JSONL of prompts (strings, or objects with `prompt` or "
-                                               "`instruction` and optional `input`), or a text file of one prompt a "
-                                               "line.")
-    add_prompt_format_argument(gen)
-    gen.add_argument("--method", default=None, choices=METHODS,
-                     help="od: plain; id: Instructive Decoding; cd: Contrastive Decoding; ctd: CTD (default: ctd "
-                          "with --prefix, else od).")
-    add_method_arguments(gen)
-    add_decoding_arguments(gen)
-    gen.add_argument("--output", default=None, help="Write JSONL here instead of printing.")
-    gen.set_defaults(func=run)
+    parser = subparsers.add_parser("generate", help="Decode prompts with od (plain), id, cd or ctd.")
+    flags: dict[str, str] = {}
+    add_flags(parser, ModelArguments, flags)
+    add_flags(parser, GenerateCommand, flags)
+    add_method_flags(parser, flags)
+    add_flags(parser.add_argument_group("generation"), GenerationSettings, flags)
+    parser.set_defaults(func=run, flags=flags)
 
 
-def read_prompts(args: argparse.Namespace) -> list[dict]:
+def read_prompts(command: GenerateCommand) -> list[dict]:
     """User messages from --prompt or --prompts-file: a JSON list or JSONL of records with ``prompt`` or
     ``instruction`` (and optional ``input``), or strings; any other file holds one prompt per line."""
-    if args.prompt:
-        return [{"role": "user", "content": text} for text in args.prompt]
-    path = Path(args.prompts_file)
+    if command.prompt:
+        return [{"role": "user", "content": text} for text in command.prompt]
+    path = Path(command.prompts_file)
     if path.suffix in (".json", ".jsonl") or path.name.endswith((".json.gz", ".jsonl.gz")):
         return [_message(record) for record in load_json_records(path, _message)]
     if not path.is_file():
@@ -75,25 +82,30 @@ def _message(record: object) -> dict:
 
 def run(args: argparse.Namespace) -> list[dict]:
     """Decode prompts from parsed arguments; prints or writes one JSON line per prompt and returns the records."""
-    name = args.method or ("ctd" if args.prefix else "od")
+    command = GenerateCommand(**values(args, GenerateCommand))
+    generation = GenerationSettings(**values(args, GenerationSettings))
+    name = command.method or ("ctd" if args.prefix else "od")
     check_method_arguments(args, [name])
-    messages = read_prompts(args)
-    if args.output and Path(args.output).is_dir():
-        raise IsADirectoryError(f"--output {args.output} is a folder; name a file to write JSONL to.")
-    if args.output and args.prompts_file and Path(args.output).resolve() == Path(args.prompts_file).resolve():
-        raise ValueError(f"--output {args.output} is the prompts file: writing the answers would overwrite the "
-                         "prompts. Name another file.")
-    transformers.set_seed(args.seed)
+    messages = read_prompts(command)
+    output = command.output
+    if output and Path(output).is_dir():
+        raise IsADirectoryError(f"--output {output} is a folder; name a file to write JSONL to.")
+    if output and command.prompts_file and Path(output).resolve() == Path(command.prompts_file).resolve():
+        raise ValueError(f"--output {output} is the prompts file: writing the answers would overwrite the prompts. "
+                         "Name another file.")
+    transformers.set_seed(command.seed)
     model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
-    amateur = load_amateur(args, args.model, model) if name == "cd" else None
-    method = DecodingMethod(name, amateur=amateur, **method_kwargs(args, name))
+    method = decoding_method(args, name)
     method.check(model, tokenizer)
-    check_prompt_lengths(model, tokenizer, messages, args.prompt_format, args.max_new_tokens, method.prefix_length)
-    records, sink = [], open(args.output, "w") if args.output else sys.stdout
+    check_prompt_lengths(model, tokenizer, messages, command.prompt_format, generation.max_new_tokens,
+                         method.prefix_length, fix=f"shorten it or lower {args.flags['max_new_tokens']}")
+    records, sink = [], open(output, "w") if output else sys.stdout
     try:
-        for start in tqdm(range(0, len(messages), args.batch_size), desc="Generating", unit="batch", file=sys.stderr):
-            batch = messages[start : start + args.batch_size]
-            answers = generate_answers(model, tokenizer, batch, method, args.prompt_format, **decoding_options(args))
+        for start in tqdm(range(0, len(messages), command.batch_size), desc="Generating", unit="batch",
+                          file=sys.stderr):
+            batch = messages[start : start + command.batch_size]
+            answers = generate_answers(model, tokenizer, batch, method, command.prompt_format,
+                                       **generation.generate_kwargs())
             for message, answer in zip(batch, answers):
                 record = {"prompt": message["content"], "input": message.get("input", ""), "output": answer,
                           **method.settings()}

@@ -3,6 +3,7 @@ method's contrast on its executor, and the decoded answers."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,6 +15,29 @@ from .layout import pad_left
 from .methods import DecodingMethod
 from .recording import OriginalPredictions
 from .stream import ContrastProcessor
+from ..settings import check_settings, positive_int, positive_number, setting, unit_interval
+
+
+@dataclass(kw_only=True)
+class GenerationSettings:
+    """``generate()`` options of a decoding job; the sampling ones apply only with ``do_sample``."""
+
+    max_new_tokens: int = setting(128, check=positive_int, help="New tokens per answer.")
+    do_sample: bool = setting(False, help="Sample (temperature, top-k, top-p) instead of greedy decoding.")
+    temperature: float = setting(1.0, check=positive_number, help="Sampling temperature.")
+    top_k: int = setting(50, check=positive_int, help="Sampling: keep the k most likely tokens.")
+    top_p: float = setting(1.0, check=unit_interval, help="Sampling: keep the smallest set with this probability.")
+    num_beams: int = setting(1, check=positive_int, help="Beam search with this many beams (1: none).")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """The ``generate()`` keyword arguments."""
+        options = dict(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample, num_beams=self.num_beams)
+        if self.do_sample:
+            options.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+        return options
 
 
 def encode_messages(
@@ -42,7 +66,7 @@ def generate_for_messages(
     if not messages:
         raise ValueError("No message to answer: pass at least one user message.")
     inputs = encode_messages(tokenizer, messages, prompt_format).to(model.device)
-    contrast = method.contrast(model, tokenizer, messages, prompt_format)
+    contrast = method.contrast(model, tokenizer, method.noisy_prompts(tokenizer, messages, prompt_format, model.device))
     limit = getattr(model.config, "max_position_embeddings", None)
     needed = int(inputs["attention_mask"].sum(dim=1).max()) + method.prefix_length + generate_kwargs.get(
         "max_new_tokens", 0)
@@ -82,7 +106,7 @@ def check_prompt_lengths(
     prompt_format: str,
     max_new_tokens: int,
     extra: int = 0,
-    fix: str = "shorten it or lower --max-new-tokens",
+    fix: str = "shorten it or lower max_new_tokens",
 ) -> None:
     """Refuse prompts that cannot fit the model's positions together with the answer (and ``extra``: a prefix)."""
     limit = getattr(model.config, "max_position_embeddings", None)

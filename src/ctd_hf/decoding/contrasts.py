@@ -7,7 +7,6 @@ stream (:class:`~ctd_hf.ContrastProcessor`, own KV cache) and the doubled batch 
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -18,8 +17,9 @@ from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .._compat import adapter_layers_enabled
-from ..contrast import check_strength, contrast_logits, contrastive_decoding_scores
-from ..training.prefix import resolve_prefix
+from ..adapter import resolve_prefix
+from ..contrast import contrast_logits, contrastive_decoding_scores
+from ..settings import check_value, contrast_strength, positive_number, unit_interval
 from .layout import check_left_padded, insert_prefix
 
 
@@ -124,7 +124,7 @@ class CTDContrast(Contrast):
     def __init__(
         self, model: PreTrainedModel, prefix: str | Path | PeftModel | torch.Tensor, beta: float = 0.3
     ) -> None:
-        super().__init__(model, check_strength(beta, "beta"))
+        super().__init__(model, check_value("beta", beta, contrast_strength))
         self.prefix = resolve_prefix(self.model, prefix)
 
     def second_view(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -163,7 +163,7 @@ class LoRAContrast(Contrast):
             raise ValueError(f"LoRAContrast needs a PeftModel with a LoRA adapter, got {type(model).__name__}; a soft "
                              "prefix decodes with CTDContrast.")
         self.peft_model = model
-        super().__init__(model.get_base_model(), check_strength(beta, "beta"))
+        super().__init__(model.get_base_model(), check_value("beta", beta, contrast_strength))
 
     @property
     def shares_model(self) -> bool:
@@ -213,7 +213,7 @@ class InstructiveContrast(Contrast):
         noisy_attention_mask: torch.Tensor | None = None,
         strength: float = 0.3,
     ) -> None:
-        super().__init__(model, check_strength(strength, "strength"))
+        super().__init__(model, check_value("strength", strength, contrast_strength))
         if noisy_input_ids.ndim != 2 or noisy_input_ids.shape[1] == 0:
             raise ValueError(f"`noisy_input_ids` must be a (prompts, tokens) tensor, got shape "
                              f"{tuple(noisy_input_ids.shape)}.")
@@ -270,14 +270,10 @@ class ContrastiveDecodingContrast(Contrast):
         tokenizer: PreTrainedTokenizerBase | None = None,
         amateur_tokenizer: PreTrainedTokenizerBase | None = None,
     ) -> None:
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha <= 1:
-            raise ValueError(f"`alpha` (the plausibility threshold) must be a number in (0, 1], got {alpha!r}.")
-        if isinstance(amateur_temperature, bool) or not isinstance(amateur_temperature, (int, float)) or not (
-                math.isfinite(amateur_temperature) and amateur_temperature > 0):
-            raise ValueError(f"`amateur_temperature` must be a finite number > 0, got {amateur_temperature}.")
-        super().__init__(model, check_strength(beta, "beta"), contrast_model=amateur)
+        super().__init__(model, check_value("beta", beta, contrast_strength), contrast_model=amateur)
+        self.alpha = check_value("alpha", alpha, unit_interval)
+        self.amateur_temperature = check_value("amateur_temperature", amateur_temperature, positive_number)
         self.vocab_size = _shared_vocab_size(self.model, self.contrast_model, tokenizer, amateur_tokenizer)
-        self.alpha, self.amateur_temperature = alpha, amateur_temperature
 
     def second_view(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"input_ids": input_ids, "attention_mask": attention_mask}

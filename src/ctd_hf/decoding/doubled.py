@@ -4,20 +4,24 @@
 each forward: the pre-hook turns the B rows ``generate()`` asks for into 2B rows (the originals, then the second view
 the contrast defines, both left-padded to one length so they share one cache); the post-hook hands ``generate()`` the
 original half and keeps the second half for a logits processor that combines the two where the stream executor's
-processor would (after ``generate()``'s own processors, before its sampling warpers). Every decoding mode of
-``generate()`` (greedy, sampling, beam search, stopping criteria, streamers) then works on the contrasted scores;
-under beam search :class:`DoubledCache` moves both halves together.
+processor would (:func:`with_contrast`). Every decoding mode of ``generate()`` (greedy, sampling, beam search,
+stopping criteria, streamers) then works on the contrasted scores; under beam search :class:`DoubledCache` moves both
+halves together. :func:`check_doubled` refuses what the executor cannot run, for :func:`generate_doubled` and
+:func:`ctd_hf.custom_generate` alike.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
 from peft import PeftModel
-from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList, PreTrainedModel
+from transformers import (DynamicCache, EpsilonLogitsWarper, EtaLogitsWarper, GenerationConfig, LogitNormalization,
+                          LogitsProcessor, LogitsProcessorList, MinPLogitsWarper, PreTrainedModel,
+                          SynthIDTextWatermarkLogitsProcessor, TemperatureLogitsWarper, TopHLogitsWarper,
+                          TopKLogitsWarper, TopPLogitsWarper, TypicalLogitsWarper, WatermarkLogitsProcessor)
 
 from .._compat import CACHE_ARGUMENT, CACHE_ARGUMENTS, find_cache
 from .contrasts import Contrast, decoding_model
@@ -25,8 +29,15 @@ from .layout import check_left_padded, check_positions, positions_from_mask
 from .recording import OriginalPredictions
 from .stream import ContrastProcessor
 
-_UNSUPPORTED = (*CACHE_ARGUMENTS, "inputs_embeds", "assistant_model", "prompt_lookup_num_tokens",
-                "cache_implementation")
+# generate()'s options the doubled executor refuses by name; cache_implementation before the cache generate() builds
+# from it, so that both entry points name the option the caller gave.
+_UNSUPPORTED = ("inputs_embeds", "cache_implementation", *CACHE_ARGUMENTS, "assistant_model",
+                "prompt_lookup_num_tokens")
+# What generate() appends after merging its processors with the caller's: the sampling warpers, watermarking and the
+# final renormalisation. A contrast goes right before the first of them (see with_contrast).
+_AFTER_CONTRAST = (TemperatureLogitsWarper, TopHLogitsWarper, TopKLogitsWarper, TopPLogitsWarper, MinPLogitsWarper,
+                   TypicalLogitsWarper, EpsilonLogitsWarper, EtaLogitsWarper, WatermarkLogitsProcessor,
+                   SynthIDTextWatermarkLogitsProcessor, LogitNormalization)
 
 
 class DoubledCache(DynamicCache):
@@ -69,7 +80,7 @@ class DoubledBatch(LogitsProcessor):
         cache = find_cache(args, kwargs)
         if input_ids is None or not isinstance(cache, DoubledCache):
             raise ValueError(
-                "generate_doubled() needs input_ids and its own DoubledCache: do not pass inputs_embeds, a cache "
+                "The doubled executor needs input_ids and its own DoubledCache: do not pass inputs_embeds, a cache "
                 "or cache_implementation, and do not call the model while it runs."
             )
         mask = kwargs.get("attention_mask")
@@ -94,7 +105,7 @@ class DoubledBatch(LogitsProcessor):
             self.longest = int(torch.cat([mask.sum(dim=1), contrast_mask.sum(dim=1)]).max())
         else:  # one new token per row; the contrast rows' masks only grow (beams reorder within a prompt's rows)
             if input_ids.shape[1] != 1:
-                raise ValueError("generate_doubled() follows generate() one token at a time; assisted/speculative "
+                raise ValueError("The doubled executor follows generate() one token at a time; assisted/speculative "
                                  "decoding is not supported.")
             contrast_embeds = embeds
             self.contrast_mask = F.pad(self.contrast_mask, (0, 1), value=1)
@@ -117,13 +128,71 @@ class DoubledBatch(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self.pending is None:
             raise RuntimeError(
-                f"generate_doubled()'s hooks on {type(self.model).__name__} saw no forward for this step: generate() "
+                f"The doubled executor's hooks on {type(self.model).__name__} saw no forward for this step: generate() "
                 "ran another module (a wrapper such as a PeftModel?). Pass the model the contrast was built for."
             )
         contrast, self.pending = self.pending.to(scores.device), None
         if self.record is not None:
             self.record.add(scores)
         return self.contrast.contrasted_scores(scores, contrast)
+
+
+def with_contrast(processors: LogitsProcessorList | list, contrast: LogitsProcessor) -> LogitsProcessorList:
+    """``processors`` with ``contrast`` inserted before the first sampling warper (or at the end): after
+    ``generate()``'s own processors and the caller's, where ``generate()`` puts a stream processor passed last in
+    ``logits_processor=``.
+
+    ``generate()`` merges the caller's list after its own processors and appends its warpers after both, so inserting
+    into the caller's list (:func:`generate_doubled`) and into the merged list (:func:`ctd_hf.custom_generate`) give
+    the same order.
+    """
+    index = next((i for i, p in enumerate(processors) if isinstance(p, _AFTER_CONTRAST)), len(processors))
+    return LogitsProcessorList([*processors[:index], contrast, *processors[index:]])
+
+
+def check_doubled(
+    model: PreTrainedModel | PeftModel,
+    contrast: Contrast,
+    input_ids: torch.Tensor | None,
+    options: Mapping[str, Any],
+    generation_config: GenerationConfig,
+    record: OriginalPredictions | None,
+) -> PreTrainedModel:
+    """Refuse what the doubled executor cannot run, with one message whichever entry point asked; return the model
+    whose ``generate()`` it follows.
+
+    ``options`` are the ``generate()`` options the caller passed (a cache only if the caller passed it), which take
+    precedence over ``generation_config``.
+    """
+
+    def asked(name: str) -> Any:
+        return options.get(name, getattr(generation_config, name, None))
+
+    if contrast.shares_model:
+        model = decoding_model(model)
+    if contrast.model is not model or not contrast.shares_model:
+        raise ValueError(
+            f"The doubled executor runs both views as one forward of one model; this {type(contrast).__name__} needs "
+            "two (another model, or one model in two adapter states) or was built on another model: use the stream "
+            "executor, `with ContrastProcessor(contrast) as p: model.generate(..., logits_processor=[p])`, or "
+            "custom_generate's backend='stream'."
+        )
+    for unsupported in _UNSUPPORTED:
+        if asked(unsupported) is not None:
+            raise ValueError(f"The doubled executor does not support `{unsupported}`: it runs decoder-only models from "
+                             "input_ids with the default dynamic cache (its own), one token per step. Use the stream "
+                             "executor (ctd_hf.ContrastProcessor, or custom_generate's backend='stream') for anything "
+                             "else.")
+    if input_ids is None or input_ids.ndim != 2 or input_ids.shape[1] == 0:
+        raise ValueError("The doubled executor needs `input_ids` of shape (batch, prompt length >= 1), with their "
+                         "left-padded `attention_mask`.")
+    if asked("use_cache") is False:
+        raise ValueError("The doubled executor shares one KV cache (its DoubledCache) between the two halves: "
+                         "use_cache=False is not supported.")
+    if record is not None and (asked("num_beams") or 1) > 1:
+        raise ValueError("Recording the original predictions follows generate()'s rows, which beam search reorders: "
+                         "record with greedy decoding or sampling.")
+    return model
 
 
 @torch.no_grad()
@@ -138,7 +207,8 @@ def generate_doubled(
     ``contrast`` is a :class:`~ctd_hf.CTDContrast` or :class:`~ctd_hf.InstructiveContrast` built on ``model`` (or a
     stream processor holding one); Contrastive Decoding needs a second model, so it has only the stream executor.
     Same arguments and return value as ``model.generate()``; ``input_ids`` with a left-padded ``attention_mask`` are
-    required. The contrast runs before the processors in ``logits_processor``, where the stream executor would, and
+    required. The contrast runs after ``generate()``'s processors and those in ``logits_processor``, before the
+    sampling warpers (:func:`with_contrast`): where a stream processor passed last in ``logits_processor`` runs, so
     under greedy decoding the tokens equal those of the stream executor. ``output_logits`` returns the original
     model's logits, ``output_scores`` the processed (contrasted) scores, on both executors.
 
@@ -155,32 +225,10 @@ def generate_doubled(
     if isinstance(contrast, ContrastProcessor):
         record = contrast.record if record is None else record
         contrast = contrast.contrast
-    if contrast.shares_model:
-        model = decoding_model(model)
-    if contrast.model is not model or not contrast.shares_model:
-        raise ValueError(
-            f"The doubled batch runs both views as one forward of one model; this {type(contrast).__name__} needs two "
-            "(another model, or one model in two adapter states) or was built on another model: use the stream "
-            "executor, `with ContrastProcessor(contrast) as p: model.generate(..., logits_processor=[p])`."
-        )
-    for unsupported in _UNSUPPORTED:
-        if generate_kwargs.get(unsupported) is not None:
-            raise ValueError(f"generate_doubled() does not support `{unsupported}`: it runs decoder-only models with "
-                             "the default dynamic cache (its own), one token per step. Use the stream executor "
-                             "(ctd_hf.ContrastProcessor) for anything else.")
-    input_ids = generate_kwargs.get("input_ids")
-    if input_ids is None or input_ids.ndim != 2 or input_ids.shape[1] == 0:
-        raise ValueError("generate_doubled() needs `input_ids` of shape (batch, prompt length >= 1), with their "
-                         "left-padded `attention_mask`.")
-    if generate_kwargs.get("use_cache") is False:
-        raise ValueError("generate_doubled() shares one KV cache between the two halves: use_cache=False is not "
-                         "supported.")
     config = generate_kwargs.get("generation_config") or model.generation_config
-    if record is not None and (generate_kwargs.get("num_beams") or config.num_beams or 1) > 1:
-        raise ValueError("Recording the original predictions follows generate()'s rows, which beam search reorders: "
-                         "record with greedy decoding or sampling.")
+    model = check_doubled(model, contrast, generate_kwargs.get("input_ids"), generate_kwargs, config, record)
     doubled = DoubledBatch(contrast, record)
-    processors = LogitsProcessorList([doubled, *(generate_kwargs.pop("logits_processor", None) or [])])
+    processors = with_contrast(generate_kwargs.pop("logits_processor", None) or [], doubled)
     with doubled.attached():
         return model.generate(logits_processor=processors, **{CACHE_ARGUMENT: DoubledCache(config=model.config)},
                               **generate_kwargs)

@@ -7,7 +7,6 @@ A :class:`DecodingMethod` is a specification: which contrast, with which setting
 from __future__ import annotations
 
 import hashlib
-import math
 import warnings
 from dataclasses import KW_ONLY, InitVar, dataclass, field
 from pathlib import Path
@@ -16,9 +15,11 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..contrast import check_strength
+from ..adapter import resolve_prefix
+from ..models import load_model_and_tokenizer, resolve_model_path
 from ..prompts import encode_prompt, format_prompt
-from ..training.prefix import resolve_prefix
+from ..settings import (SettingError, check_settings, contrast_strength, positive_number, probability, setting,
+                        unit_interval)
 from .contrasts import Contrast, ContrastiveDecodingContrast, CTDContrast, InstructiveContrast
 from .layout import pad_left
 from .noise import NOISE_TYPES, noisy_message
@@ -26,7 +27,6 @@ from .noise import NOISE_TYPES, noisy_message
 METHODS = ("od", "id", "cd", "ctd")
 BACKENDS = ("auto", "doubled", "stream")
 DEFAULT_STRENGTH = {"od": 0.0, "id": 0.3, "cd": 1.0, "ctd": 0.3}
-STRENGTH_NAMES = {"od": "strength", "id": "id strength", "cd": "cd beta", "ctd": "beta"}
 
 
 @dataclass
@@ -38,58 +38,72 @@ class DecodingMethod:
     in ``model.generate()``) or ``"auto"`` (doubled where possible).
     """
 
-    name: str = field(default="od", metadata={"help": f"One of {METHODS}."})
+    name: str = setting("od", choices=METHODS, cli=False, help="The method.")
     _: KW_ONLY
-    strength: float | None = field(default=None, metadata={"help": "Contrast strength; None: the method's default."})
-    prefix: str | Path | torch.Tensor | None = field(default=None, metadata={"help": "ctd: the tuned soft prefix."})
-    noise: str = field(default="opposite", metadata={"help": f"id: the noisy instruction, one of {NOISE_TYPES}."})
-    noise_rate: float = field(default=0.6, metadata={"help": "id: share of words trunc_shuf keeps."})
-    amateur: PreTrainedModel | None = field(default=None, metadata={"help": "cd: the amateur model."})
-    plausibility: float = field(default=0.1, metadata={"help": "cd: alpha of the plausible set."})
-    amateur_temperature: float = field(default=1.0, metadata={"help": "cd: temperature of the amateur."})
-    backend: str = field(default="auto", metadata={"help": f"Executor, one of {BACKENDS}."})
+    strength: float | None = setting(
+        None, check=contrast_strength, help="Contrast strength; None: the method's default (ctd 0.3, id 0.3, cd 1.0).",
+        flags={"ctd": (("--beta",), "ctd: contrast strength beta (default 0.3)."),
+               "id": (("--id-strength",), "id: contrast strength (default 0.3)."),
+               "cd": (("--cd-beta",), "cd: weight of the amateur (default 1.0).")})
+    prefix: str | Path | torch.Tensor | None = setting(None, help="ctd: prefix folder written by `ctd-hf tune`.")
+    noise: str = setting("opposite", choices=NOISE_TYPES, help="id: the noisy instruction.")
+    noise_rate: float = setting(0.6, check=probability, help="id: share of words trunc_shuf keeps.")
+    amateur: PreTrainedModel | str | None = setting(None, flag_type=str, help=(
+        "cd: the amateur model (folder, hub name or 'default'; the expert itself when both name one model)."))
+    plausibility: float = setting(0.1, check=unit_interval, help="cd: alpha of the plausible set.")
+    amateur_temperature: float = setting(1.0, check=positive_number, help="cd: temperature of the amateur.")
+    backend: str = setting("auto", choices=BACKENDS, aliases=("--path",),
+                           help="doubled: one 2B-row forward per step (ctd, id); stream: a processor with its own "
+                                "cache; auto: doubled where possible. (--path is the deprecated name.)")
     path: InitVar[str | None] = None  # deprecated name of `backend`
     _prefix_tensor: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
+    _amateur_tokenizer: PreTrainedTokenizerBase | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self, path: str | None) -> None:
         if path is not None:
             warnings.warn("DecodingMethod(path=...) is deprecated; use backend=...", DeprecationWarning, stacklevel=3)
             self.backend = path
-        if self.name not in METHODS:
-            raise ValueError(f"Unknown method {self.name!r}; choose one of {METHODS}.")
+        check_settings(self)
         if self.name == "ctd" and self.prefix is None:
-            raise ValueError("Method ctd needs a prefix (--prefix DIR written by `ctd-hf tune`).")
+            raise SettingError("prefix", "is needed by method ctd: a folder written by `ctd-hf tune`.")
         if self.name == "cd" and self.amateur is None:
-            raise ValueError("Method cd needs an amateur model (--amateur).")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"`backend` is one of {BACKENDS}, got {self.backend!r}.")
+            raise SettingError("amateur", "is needed by method cd: a smaller model with the same tokenizer.")
         if self.name == "cd" and self.backend == "doubled":
-            raise ValueError("Contrastive Decoding runs two models, so it has no doubled batch: use backend='stream'.")
+            raise SettingError("backend", "doubled cannot run Contrastive Decoding, which runs two models: use "
+                                          "stream.")
         if self.strength is None:
             self.strength = DEFAULT_STRENGTH[self.name]
-        self.strength = check_strength(self.strength, STRENGTH_NAMES[self.name])
-        if self.noise not in NOISE_TYPES:
-            raise ValueError(f"Unknown noise {self.noise!r}; choose one of {NOISE_TYPES}.")
-        if not 0 <= self.noise_rate <= 1:
-            raise ValueError(f"`noise_rate` (the share of words trunc_shuf keeps) must be in [0, 1], got "
-                             f"{self.noise_rate}.")
-        if not 0 < self.plausibility <= 1:
-            raise ValueError(f"`plausibility` (CD's alpha) must be in (0, 1], got {self.plausibility}.")
-        if not (math.isfinite(self.amateur_temperature) and self.amateur_temperature > 0):
-            raise ValueError(f"`amateur_temperature` must be a finite number > 0, got {self.amateur_temperature}.")
         if self.name == "ctd" and not isinstance(self.prefix, torch.Tensor):
             if not Path(self.prefix, "adapter_model.safetensors").is_file():
                 raise FileNotFoundError(f"The prefix folder {self.prefix} holds no adapter_model.safetensors: point "
-                                        "--prefix at a folder written by `ctd-hf tune`.")
+                                        "`prefix` at a folder written by `ctd-hf tune`.")
 
     def check(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
-        """Refuse settings that do not fit ``model`` (a prefix trained for another model, an amateur with another
-        vocabulary) before any answer is generated or written."""
+        """Read what the method needs beside ``model`` (CTD's prefix; CD's amateur, loaded on the model's device and
+        dtype when named) and refuse what does not fit it (a prefix trained for another model, an amateur with another
+        vocabulary), before any answer is generated or written."""
+        self._read(model, tokenizer)
+        if self.name == "cd":
+            self.contrast(model, tokenizer)  # its constructor compares the vocabularies
+
+    def _read(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Read CTD's prefix (checked against ``model``) or load CD's named amateur, once."""
         if self.name == "ctd" and self._prefix_tensor is None:
             self._prefix_tensor = resolve_prefix(model, self.prefix)
-        if self.name == "cd":
-            ContrastiveDecodingContrast(model, self.amateur, self.plausibility, self.strength, self.amateur_temperature,
-                                        tokenizer=tokenizer)
+        if self.name == "cd" and isinstance(self.amateur, (str, Path)):
+            self.amateur, self._amateur_tokenizer = self._load_amateur(model, tokenizer)
+
+    def _load_amateur(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+    ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        try:
+            path = resolve_model_path(str(self.amateur))
+            if path == str(model.name_or_path):
+                return model, tokenizer  # one copy in memory
+            amateur, amateur_tokenizer = load_model_and_tokenizer(path, dtype=model.dtype, device=model.device)
+        except OSError as error:
+            raise SettingError("amateur", str(error)) from None
+        return amateur.eval(), amateur_tokenizer
 
     @property
     def prefix_length(self) -> int:
@@ -108,7 +122,7 @@ class DecodingMethod:
                 "cd": ("strength", "plausibility", "amateur_temperature")}[self.name]
         values = {"method": self.name, **{key: getattr(self, key) for key in keep}}
         if self.name == "cd":
-            values["amateur"] = str(self.amateur.name_or_path)
+            values["amateur"] = str(getattr(self.amateur, "name_or_path", self.amateur))
         if self.name == "ctd":
             values.update(prefix_fingerprint(self.prefix))
         return values
@@ -117,23 +131,36 @@ class DecodingMethod:
         self,
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
-        messages: list[dict],
-        prompt_format: str,
+        noisy: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> Contrast | None:
-        """The contrast for one batch of single-turn prompts (user messages); ``None`` for plain decoding."""
-        if self.name == "ctd":
-            self.check(model, tokenizer)  # the prefix is read and checked once, then reused for every batch
-            return CTDContrast(model, self._prefix_tensor, self.strength)
+        """The method's :class:`~ctd_hf.Contrast` on ``model`` (``None`` for plain decoding): the one place a method
+        becomes a contrast, for the CLI, evaluation, synthesis and the lm-eval model. Instructive Decoding contrasts
+        with this batch's noisy prompts, ``noisy`` (left-padded ids and mask, e.g. from :meth:`noisy_prompts`)."""
+        if self.name == "od":
+            return None
         if self.name == "id":
-            noisy = [noisy_message(message, self.noise, self.noise_rate) for message in messages]
-            encoded = [encode_prompt(format_prompt([message], prompt_format, tokenizer), tokenizer, prompt_format)
-                       for message in noisy]
-            batch = pad_left(tokenizer, encoded).to(model.device)
-            return InstructiveContrast(model, batch["input_ids"], batch["attention_mask"], self.strength)
-        if self.name == "cd":
-            return ContrastiveDecodingContrast(model, self.amateur, self.plausibility, self.strength,
-                                               self.amateur_temperature, tokenizer=tokenizer)
-        return None
+            if noisy is None:
+                raise ValueError("Instructive Decoding contrasts with the batch's noisy prompts: pass `noisy`.")
+            return InstructiveContrast(model, *noisy, strength=self.strength)
+        self._read(model, tokenizer)
+        if self.name == "ctd":
+            return CTDContrast(model, self._prefix_tensor, self.strength)
+        return ContrastiveDecodingContrast(model, self.amateur, self.plausibility, self.strength,
+                                           self.amateur_temperature, tokenizer=tokenizer,
+                                           amateur_tokenizer=self._amateur_tokenizer)
+
+    def noisy_prompts(
+        self, tokenizer: PreTrainedTokenizerBase, messages: list[dict], prompt_format: str, device: Any = None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Instructive Decoding's second view of a batch of single-turn prompts (user messages), left-padded; ``None``
+        for the other methods, whose second view needs no other prompt."""
+        if self.name != "id":
+            return None
+        noisy = [noisy_message(message, self.noise, self.noise_rate) for message in messages]
+        encoded = [encode_prompt(format_prompt([message], prompt_format, tokenizer), tokenizer, prompt_format)
+                   for message in noisy]
+        batch = pad_left(tokenizer, encoded).to(device)
+        return batch["input_ids"], batch["attention_mask"]
 
 
 def prefix_fingerprint(prefix: str | Path | torch.Tensor) -> dict[str, str]:

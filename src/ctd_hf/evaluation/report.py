@@ -52,9 +52,8 @@ def build_report(
                                  "run the evaluation to completion first.")
         records = {method: [found[i["id"]] for i in items] for method, found in predictions.items()}
         answers = {method: [r["prediction"] for r in rows] for method, rows in records.items()}
-        result = task.score(items, answers, context)
-        if task.instance_scores is not None:
-            scores = {method: task.instance_scores(items, found) for method, found in answers.items()}
+        result, scores = task.evaluate(items, answers, context)
+        if scores is not None:
             result["statistics"] = task_statistics(scores, [i["group"] for i in items], task.primary_metric,
                                                    resamples=resamples, seed=bootstrap_seed)
         changes = {method: token_changes(rows) for method, rows in records.items()

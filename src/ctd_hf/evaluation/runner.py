@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,20 @@ from ..decoding.recording import OriginalPredictions
 from ..decoding.batch import check_prompt_lengths
 from ..distributed import process_state
 from ..models import fingerprint
-from ..prompts import PROMPT_FORMATS, encode_prompt, format_prompt
+from ..prompts import encode_prompt, format_prompt, prompt_format_setting
 from ..records import append_records, check_output_folder, read_records, write_json
+from ..settings import check_settings, positive_int, setting
 from .report import build_report
 from .tasks import Task, get_task
 
 SETTINGS_FORMAT = 3  # the layout of the output folder; folders of another layout are not resumed
+
+
+def new_token_budget(value: Any) -> int | dict[str, int]:
+    """Check of ``max_new_tokens``: an integer >= 1, or a dict giving tasks such integers."""
+    if isinstance(value, dict):
+        return {task: positive_int(budget) for task, budget in value.items()}
+    return positive_int(value)
 
 
 @dataclass(kw_only=True)
@@ -37,27 +45,22 @@ class EvalSettings:
     """What to evaluate and how; the defaults follow the CTD and ID papers' protocol (greedy, the tasks' new-token
     budgets, e.g. 128 for SuperNI, 1024 source tokens)."""
 
-    benchmarks: tuple[str, ...] = field(default=("superni",), metadata={"help": "Registered task names."})
-    options: dict[str, Any] = field(default_factory=dict, metadata={
-        "help": "Per task, its options (a dict of fields or the task's options dataclass); defaults when missing."})
-    prompt_format: str = field(default="chatml", metadata={"help": "How prompts are rendered (see PROMPT_FORMATS)."})
-    batch_size: int = field(default=8, metadata={"help": "Prompts per generate() call."})
-    max_new_tokens: dict[str, int] = field(default_factory=dict, metadata={
-        "help": "Per task, a new-token budget replacing the task's own."})
-    max_source_tokens: int = field(default=1024, metadata={"help": "Instruction + input tokens (tasks that cut)."})
-    token_changes: bool = field(default=True, metadata={"help": "Record the original model's per-step predictions."})
+    benchmarks: tuple[str, ...] = setting(("superni",), check=lambda name: get_task(name).name,
+                                          help="Registered task names, comma-separated.")
+    options: dict[str, Any] = setting(default_factory=dict, cli=False, help=(
+        "Per task, its options (a dict of fields or the task's options dataclass); defaults when missing."))
+    prompt_format: str = prompt_format_setting()
+    batch_size: int = setting(8, check=positive_int, help="Prompts per generate() call.")
+    max_new_tokens: int | dict[str, int] = setting(default_factory=dict, check=new_token_budget, help=(
+        "New tokens of every generation task, or a budget per task (default: each task's own, e.g. SuperNI 128, "
+        "DROP 32)."))
+    max_source_tokens: int = setting(1024, check=positive_int, help="Instruction + input tokens, where a task cuts.")
+    token_changes: bool = setting(True, flag="--no-token-changes",
+                                  help="Record the original model's per-step predictions (--no-token-changes: do "
+                                       "not).")
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "max_source_tokens"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"EvalSettings.{name} must be an integer >= 1, got {value!r}.")
-        bad = {task: value for task, value in self.max_new_tokens.items()
-               if isinstance(value, bool) or not isinstance(value, int) or value < 1}
-        if bad:
-            raise ValueError(f"EvalSettings.max_new_tokens must give each task an integer >= 1, got {bad}.")
-        if self.prompt_format not in PROMPT_FORMATS:
-            raise ValueError(f"Unknown prompt_format {self.prompt_format!r}; choose one of {PROMPT_FORMATS}.")
+        check_settings(self)
 
     def task_options(self, task: Task) -> Any:
         """``task``'s options as its options dataclass."""
@@ -65,7 +68,11 @@ class EvalSettings:
 
     def new_tokens(self, task: Task) -> int:
         """The new-token budget of ``task`` (1 for choice scoring, which reads the first step)."""
-        return 1 if task.scoring == "choice" else self.max_new_tokens.get(task.name, task.max_new_tokens)
+        if task.scoring == "choice":
+            return 1
+        if isinstance(self.max_new_tokens, dict):
+            return self.max_new_tokens.get(task.name, task.max_new_tokens)
+        return self.max_new_tokens
 
 
 def truncate_message(message: dict, tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> dict:
@@ -196,8 +203,6 @@ def run_evaluation(
     """
     state = process_state()
     check_output_folder(output_dir)
-    if not settings.benchmarks:
-        raise ValueError("No benchmark to run: name at least one task (ctd_hf.evaluation.tasks.task_names()).")
     if not methods:
         raise ValueError("No method to run: give at least one DecodingMethod.")
     for name in methods:

@@ -15,24 +15,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import (DynamicCache, EpsilonLogitsWarper, EtaLogitsWarper, GenerationConfig, LogitNormalization,
-                          LogitsProcessor, LogitsProcessorList, MinPLogitsWarper, PreTrainedModel,
-                          StoppingCriteriaList, SynthIDTextWatermarkLogitsProcessor, TemperatureLogitsWarper,
-                          TopHLogitsWarper, TopKLogitsWarper, TopPLogitsWarper, TypicalLogitsWarper,
-                          WatermarkLogitsProcessor)
+from transformers import DynamicCache, GenerationConfig, LogitsProcessorList, PreTrainedModel, StoppingCriteriaList
 from transformers.generation import BaseStreamer
 
 from .._compat import cache_keyword, decoding_loop
-from ..decoding.contrasts import Contrast, decoding_model
-from ..decoding.doubled import DoubledBatch, DoubledCache
+from ..decoding.contrasts import Contrast
+from ..decoding.doubled import DoubledBatch, DoubledCache, check_doubled, with_contrast
 from ..decoding.stream import ContrastProcessor
 
 BACKENDS = ("doubled", "stream")
-# What generate() appends after the processors it merges with the caller's: the sampling warpers, watermarking and the
-# final renormalisation. The contrast goes right before them, where the executors' processors end up.
-_AFTER_CONTRAST = (TemperatureLogitsWarper, TopHLogitsWarper, TopKLogitsWarper, TopPLogitsWarper, MinPLogitsWarper,
-                   TypicalLogitsWarper, EpsilonLogitsWarper, EtaLogitsWarper, WatermarkLogitsProcessor,
-                   SynthIDTextWatermarkLogitsProcessor, LogitNormalization)
 
 
 def custom_generate(
@@ -48,11 +39,12 @@ def custom_generate(
 ) -> Any:
     """The decoding loop of ``generate()`` with ``contrast`` applied; pass it as ``custom_generate=``.
 
-    ``contrast`` is any :class:`~ctd_hf.Contrast` built on the model (or a stream processor holding one);
-    ``backend="doubled"`` (default; CTD and ID) runs both views in one 2B-row forward per step, ``"stream"`` gives the
-    second view its own KV cache (required for Contrastive Decoding's amateur model). The contrast runs after the
-    processors ``generate()`` builds, yours in ``logits_processor`` included (``generate_doubled`` runs it before
-    yours), and before the sampling warpers. Under greedy decoding the tokens equal ``generate_doubled``'s.
+    ``contrast`` is any :class:`~ctd_hf.Contrast` built on the model (or a stream processor holding one, whose
+    ``record`` it fills); ``backend="doubled"`` (default; CTD and ID) runs both views in one 2B-row forward per step,
+    with :func:`~ctd_hf.generate_doubled`'s checks, ``"stream"`` gives the second view its own KV cache (required for
+    Contrastive Decoding's amateur model). The contrast runs where both executors run it: after the processors
+    ``generate()`` builds and yours in ``logits_processor``, before the sampling warpers. Under greedy decoding the
+    tokens equal ``generate_doubled``'s and the stream executor's.
 
     ``generate()`` does not hand a callable ``custom_generate`` its ``streamer`` argument (transformers keeps only
     the callable's own keywords), so a streamer that should receive the tokens is passed as ``token_streamer=``.
@@ -69,53 +61,45 @@ def custom_generate(
         ...       == generate_doubled(model, contrast, **options)).all())
         True
     """
+    record = None
     if isinstance(contrast, ContrastProcessor):
-        contrast = contrast.contrast
+        contrast, record = contrast.contrast, contrast.record
     if not isinstance(contrast, Contrast):
         raise TypeError("custom_generate needs `contrast=`, a ctd_hf.Contrast (CTDContrast, InstructiveContrast, "
                         f"ContrastiveDecodingContrast) built on this model; got {type(contrast).__name__}.")
     if backend not in BACKENDS:
         raise ValueError(f"`backend` is one of {BACKENDS}, got {backend!r}.")
     # A prompt-tuning PeftModel's generate() runs its base model's generate() with its own input preparation, which
-    # feeds the prefix as inputs_embeds.
-    preparer = getattr(model.prepare_inputs_for_generation, "__self__", model)
-    if preparer is not model or model_kwargs.get("inputs_embeds") is not None:
-        raise ValueError("custom_generate decodes from input_ids on the model itself, but generate() was given "
-                         "inputs_embeds or runs through another module's input preparation (a prompt-tuning "
-                         "PeftModel's generate() feeds its prefix that way). Call generate() on the base model "
-                         "(peft_model.get_base_model()); CTDContrast(peft_model) holds the prefix.")
+    # feeds the prefix as inputs_embeds. (inputs_embeds given to generate() are refused by either backend.)
+    if getattr(model.prepare_inputs_for_generation, "__self__", model) is not model:
+        raise ValueError("custom_generate decodes from input_ids on the model itself, but generate() runs through "
+                         "another module's input preparation (a prompt-tuning PeftModel's generate() feeds its prefix "
+                         "as inputs_embeds). Call generate() on the base model (peft_model.get_base_model()); "
+                         "CTDContrast(peft_model) holds the prefix.")
     loop = decoding_loop(model, generation_config)
     if loop is None:
         raise ValueError(f"custom_generate runs greedy decoding, sampling and beam search; generate() asked for "
                          f"{generation_config.get_generation_mode().value}. Drop the options that select it "
-                         "(penalty_alpha, num_beam_groups, constraints, dola_layers...).")
+                         "(penalty_alpha, num_beam_groups, constraints, dola_layers, assistant_model...).")
+    if token_streamer is not None and generation_config.num_beams > 1:
+        raise ValueError("A streamer receives one sequence per prompt; beam search keeps several: drop "
+                         "token_streamer or num_beams.")
+    cache_name = cache_keyword(model_kwargs)
+    if backend == "doubled":
+        cache = model_kwargs.get(cache_name)
+        fresh = type(cache) is DynamicCache and not cache.get_seq_length()  # the one generate() made, not the caller's
+        asked = {"inputs_embeds": model_kwargs.get("inputs_embeds"), cache_name: None if fresh else cache}
+        check_doubled(model, contrast, input_ids, asked, generation_config, record)
     arguments = dict(stopping_criteria=stopping_criteria, generation_config=generation_config, **model_kwargs)
     if token_streamer is not None:
-        if generation_config.num_beams > 1:
-            raise ValueError("A streamer receives one sequence per prompt; beam search keeps several: drop "
-                             "token_streamer or num_beams.")
         token_streamer.put(input_ids.cpu())  # what generate() does with its own streamer before the loop
         arguments["streamer"] = token_streamer
     if backend == "stream":
-        with ContrastProcessor(contrast) as processor:
-            return loop(input_ids, logits_processor=_with_contrast(logits_processor, processor), **arguments)
-    if contrast.model is not decoding_model(model) or not contrast.shares_model:
-        raise ValueError(f"The doubled backend runs one model; this {type(contrast).__name__} contrasts another model "
-                         "or was built on another model: pass backend='stream'.")
-    cache_name = cache_keyword(model_kwargs)
-    cache = model_kwargs.get(cache_name)
-    if type(cache) is not DynamicCache or cache.get_seq_length() or not model_kwargs.get("use_cache", True):
-        raise ValueError("The doubled backend keeps both views in its own DoubledCache: do not pass a cache, "
-                         "cache_implementation or use_cache=False (or pass backend='stream').")
+        with ContrastProcessor(contrast, record) as processor:
+            return loop(input_ids, logits_processor=with_contrast(logits_processor, processor), **arguments)
     # generate_doubled() wraps a whole generate() call; here generate() has already prepared the loop, so the same
     # hooks and processor are put around the loop, and its fresh cache is swapped for a doubled one.
-    doubled = DoubledBatch(contrast, None)
+    doubled = DoubledBatch(contrast, record)
     arguments[cache_name] = DoubledCache(config=model.config)
     with doubled.attached():
-        return loop(input_ids, logits_processor=_with_contrast(logits_processor, doubled), **arguments)
-
-
-def _with_contrast(processors: LogitsProcessorList, contrast: LogitsProcessor) -> LogitsProcessorList:
-    """``processors`` with ``contrast`` inserted before the first warper (or at the end)."""
-    index = next((i for i, p in enumerate(processors) if isinstance(p, _AFTER_CONTRAST)), len(processors))
-    return LogitsProcessorList([*processors[:index], contrast, *processors[index:]])
+        return loop(input_ids, logits_processor=with_contrast(logits_processor, doubled), **arguments)

@@ -25,8 +25,8 @@ from huggingface_hub import ModelCard
 from peft import PeftConfig
 
 from .._version import __version__
-from ..contrast import check_strength
-from ..training.prefix import CARD_NAME, AdapterMismatchError, read_card
+from ..adapter import CARD_NAME, AdapterMismatchError, read_card
+from ..settings import check_value, contrast_strength
 
 FOLDER = "custom_generate"
 PREFIX_FILES = ("adapter_config.json", "adapter_model.safetensors", CARD_NAME)
@@ -92,7 +92,7 @@ def export_custom_generate(prefix_dir: str | Path, beta: float = 0.3) -> Path:
     Running it again rewrites what it wrote (the prefix may have been retrained) and keeps the rest of the card.
     """
     prefix_dir = Path(prefix_dir)
-    beta = check_strength(beta, "beta")
+    beta = check_value("beta", beta, contrast_strength)
     for name in PREFIX_FILES[:2]:
         if not (prefix_dir / name).is_file():
             raise AdapterMismatchError(f"{prefix_dir / name} does not exist: point export-hub at a prefix folder "

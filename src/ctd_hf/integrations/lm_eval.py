@@ -29,7 +29,6 @@ lm-eval 0.4.x finds a model outside its source tree (its registry accepts entry 
 
 from __future__ import annotations
 
-import dataclasses
 import zlib
 from typing import Any
 
@@ -40,12 +39,12 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import Collator
 from tqdm.auto import tqdm
 
-from ..decoding.contrasts import Contrast, ContrastiveDecodingContrast, CTDContrast, InstructiveContrast
+from ..decoding.contrasts import Contrast
 from ..decoding.layout import pad_left
 from ..decoding.likelihood import continuation_log_probs
 from ..decoding.methods import METHODS, DecodingMethod
 from ..decoding.noise import noisy_instruction
-from ..models import load_model_and_tokenizer, resolve_model_path
+from ..models import resolve_model_path
 from .custom_generate import custom_generate
 
 Request = tuple[tuple[str, str], list[int], list[int]]  # ((context, continuation), their token ids)
@@ -106,7 +105,7 @@ class CTDLM(HFLM):
             given["strength"] = given.pop("beta")
         if "noise" in given and given["noise"] is None:
             given["noise"] = "none"  # the harness reads `noise=none` in --model_args as None
-        # Checked before the model loads (the amateur is still its path here).
+        # Checked before the model loads (the amateur is still its name here).
         spec = DecodingMethod(method, backend=backend, **given)
         if spec.name != "od" and str(kwargs.get("batch_size", 1)).startswith("auto"):
             raise ValueError(f"batch_size=auto sizes batches for one forward of the plain model; method {spec.name} "
@@ -115,23 +114,12 @@ class CTDLM(HFLM):
                          **kwargs)
         if spec.name != "od" and self.backend != "causal":
             raise ValueError(f"Method {spec.name} needs a decoder-only model (backend=causal), got {self.backend}.")
+        spec.check(self.model, self.tokenizer)  # reads the prefix, loads the amateur beside the model
         self.method = spec
-        self.fixed_contrast: Contrast | None = None  # ctd's and cd's contrasts hold no per-batch state
-        if spec.name == "ctd":
-            self.fixed_contrast = CTDContrast(self.model, spec.prefix, spec.strength)  # checks that the prefix fits
-        if spec.name == "cd":
-            amateur_model, amateur_tokenizer = load_model_and_tokenizer(spec.amateur, dtype=self.model.dtype,
-                                                                        device=self.device)
-            self.method = dataclasses.replace(spec, amateur=amateur_model.eval())
-            self.fixed_contrast = ContrastiveDecodingContrast(
-                self.model, amateur_model, spec.plausibility, spec.strength, spec.amateur_temperature,
-                tokenizer=self.tokenizer, amateur_tokenizer=amateur_tokenizer)
 
     def contrast(self, noisy: tuple[torch.Tensor, torch.Tensor] | None = None) -> Contrast:
         """The method's contrast for one batch; ``noisy`` is id's left-padded noisy prompts (ids, mask)."""
-        if self.method.name == "id":
-            return InstructiveContrast(self.model, *noisy, strength=self.method.strength)
-        return self.fixed_contrast
+        return self.method.contrast(self.model, self.tokenizer, noisy)
 
     def noisy_context(self, context: str) -> str:
         """id: ``context`` with its instruction (first paragraph) replaced by the method's noise."""

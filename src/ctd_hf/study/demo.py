@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..decoding.methods import DecodingMethod
@@ -21,6 +21,7 @@ from ..evaluation.runner import EvalSettings, run_evaluation
 from ..evaluation.tasks.superni import CATEGORY_ABBREVIATIONS, ordered_categories
 from ..models import load_model_and_tokenizer, model_id
 from ..records import check_output_folder
+from ..settings import check_settings, like, positive_int, setting
 from ..training.tuning import TuneSettings, tune
 from .tuning_data import tuning_data_path
 
@@ -32,15 +33,19 @@ HELD_OUT = "broad/test_tasks.txt"
 class DemoSettings:
     """A demo run: how the prefix is tuned and how much of the held-out sample is decoded."""
 
-    tuning: TuneSettings = field(default_factory=TuneSettings, metadata={
-        "help": "How the prefix is tuned; `data` may name a built-in tuning set (alpaca, superni, self)."})
-    per_category: int = field(default=10, metadata={
-        "help": "Held-out instances per category (10 categories), shared evenly by its tasks, at least one each."})
-    max_new_tokens: int = field(default=64, metadata={"help": "New tokens per answer."})
-    max_source_tokens: int = field(default=1024, metadata={"help": "Instruction + input tokens (the protocol's)."})
-    beta: float = field(default=0.3, metadata={"help": "CTD's decoding strength."})
-    id_strength: float = field(default=0.3, metadata={"help": "Instructive Decoding's strength (official default)."})
-    batch_size: int = field(default=8, metadata={"help": "Prompts per generate() call."})
+    tuning: TuneSettings = setting(default_factory=TuneSettings, help=(
+        "How the prefix is tuned; `data` may name a built-in tuning set (alpaca, superni, self)."))
+    per_category: int = setting(10, check=positive_int, help=(
+        "Held-out instances per category (10 categories), shared evenly by its tasks, at least one each."))
+    max_new_tokens: int = setting(64, check=positive_int, help="New tokens per answer.")
+    max_source_tokens: int = setting(1024, check=positive_int, help="Instruction + input tokens (the protocol's).")
+    beta: float = like(DecodingMethod, "strength", 0.3, flags=None, help="CTD's decoding strength.")
+    id_strength: float = like(DecodingMethod, "strength", 0.3, flags=None,
+                              help="Instructive Decoding's strength (official default).")
+    batch_size: int = setting(8, check=positive_int, help="Prompts per generate() call.")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
 # The sweep's best 16-step trial on the development tasks (docs/results.md): 16 steps fit the 12-minute budget.

@@ -26,6 +26,13 @@ TUNING_DATA = ("alpaca", "superni", "self")
 ALPACA = resource_path("sft", "alpaca_en_demo.json")
 
 
+def tuning_data_source(name: str) -> str:
+    """Check of a sweep's ``data`` value: one of :data:`TUNING_DATA` or an existing file."""
+    if name not in TUNING_DATA and not Path(name).exists():
+        raise ValueError(f"{name!r} is neither one of {', '.join(TUNING_DATA)} nor an existing file.")
+    return name
+
+
 def superni_rows(tasks: str = "sample/tuning_tasks.txt", max_instances: int = 100) -> list[dict]:
     """The SuperNI tasks listed in ``tasks`` as chat rows: the evaluation's zero-shot prompt and the first reference."""
     task = get_task("superni")

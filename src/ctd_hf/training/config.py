@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from ..contrast import check_strength
 from ..prompts import PROMPT_FORMATS
+from ..settings import check_value, contrast_strength
+from .data import sequence_length
 
 
 @dataclass(kw_only=True)
@@ -47,7 +48,8 @@ class CTDConfig(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
-        self.alpha = check_strength(self.alpha, "alpha")
-        if self.prompt_format not in PROMPT_FORMATS:
-            raise ValueError(f"Unknown prompt_format {self.prompt_format!r}; choose one of {PROMPT_FORMATS}.")
+        # Plain metadata and explicit checks: HfArgumentParser (TRL's CLI) passes every metadata key to argparse.
+        self.alpha = check_value("alpha", self.alpha, contrast_strength)
+        check_value("prompt_format", self.prompt_format, choices=PROMPT_FORMATS)
+        check_value("max_length", self.max_length, sequence_length)
         super().__post_init__()

@@ -16,6 +16,7 @@ from ..contrast import IGNORE_INDEX
 from ..models import looks_like_path
 from ..prompts import encode_prompt, format_completion, format_prompt
 from ..records import load_json_records
+from ..settings import check_value, unit_interval
 
 _FORMS = ("`messages` (chat form), `instruction` and `output` (Alpaca form), or `prompt` and `completion` (TRL's "
           "prompt-completion form, strings or message lists)")
@@ -79,12 +80,6 @@ def _read(source: str | Path | datasets.Dataset, split: str) -> datasets.Dataset
                          f"({type(error).__name__}: {error}).") from None
 
 
-def check_fraction(fraction: float) -> None:
-    """Refuse a data fraction outside (0, 1]."""
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
-        raise ValueError(f"`fraction` must be in (0, 1], got {fraction!r}.")
-
-
 def load_sft_data(
     source: str | Path | datasets.Dataset,
     fraction: float = 1.0,
@@ -99,7 +94,7 @@ def load_sft_data(
     the answer, or message lists). ``fraction`` in (0, 1] keeps a seeded random sample (the paper tunes on 1-10% of
     the SFT set).
     """
-    check_fraction(fraction)
+    fraction = check_value("fraction", fraction, unit_interval)
     dataset = _read(source, split)
     if len(dataset) == 0:
         raise ValueError(f"The SFT data {source} is empty: it holds no example.")
@@ -121,6 +116,13 @@ def load_sft_data(
     return dataset
 
 
+def sequence_length(value: object) -> int:
+    """Check of ``max_length``: an integer >= 2 (a prompt token and an answer token)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+        raise ValueError(f"must be an integer >= 2 (a prompt token and an answer token), got {value!r}.")
+    return value
+
+
 def tokenize_sft(
     dataset: datasets.Dataset,
     tokenizer: PreTrainedTokenizerBase,
@@ -132,9 +134,7 @@ def tokenize_sft(
     Sequences longer than ``max_length`` lose their end; an example whose answer is cut away entirely (its prompt
     fills ``max_length``) is dropped, and no example left is an error.
     """
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
-        raise ValueError(f"`max_length` must be an integer >= 2 (a prompt token and an answer token), got "
-                         f"{max_length!r}.")
+    max_length = check_value("max_length", max_length, sequence_length)
 
     def encode(example: dict) -> dict:
         messages = example["messages"]

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import datasets
+import numpy as np
 
 from ...models import looks_like_path
 from ...records import load_json_records
@@ -49,19 +50,21 @@ class Task:
         max_new_tokens: the default new-token budget of generated answers.
         truncate_input: cut each item's task input so that instruction and input fit the source budget.
         choices: the answer strings of choice scoring.
-        score: ``(items, {method: predictions}, context) -> result`` with ``result["methods"][method]`` the scores.
+        score: ``(items, {method: predictions}, context) -> result`` with ``result["methods"][method]`` the scores;
+            a task with ``instance_scores`` also takes them as ``scores=`` (see :meth:`evaluate`), else computes them
+            (:meth:`method_scores`), and reports their means (:func:`mean_scores`).
         markdown: the report section of a result, as Markdown lines.
         plot: writes the task's PNG charts of a result into a folder (optional).
-        instance_scores: ``(items, one method's predictions) -> {metric: one value per item}`` on the scale of the
-            scores, averaging to the overall ones; the report's bootstrap statistics need it (optional: none for
-            tasks without references).
+        instance_scores: ``(items, one method's predictions) -> {metric: one value per item}``: the one computation
+            of the task's metrics: its reported scores are their means, the report's bootstrap statistics resample
+            them (optional: none for tasks without references).
         primary_metric: the metric of ``instance_scores`` that decides per-group wins.
     """
 
     name: str
     options: type
     load: Callable[[Any], list[dict]]
-    score: Callable[[list[dict], dict[str, list[str]], ScoreContext], dict]
+    score: Callable[..., dict]
     markdown: Callable[[dict], list[str]]
     scoring: str = "generation"
     max_new_tokens: int = 128
@@ -92,6 +95,20 @@ class Task:
             known = [f.name for f in dataclasses.fields(self.options)]
             raise ValueError(f"Unknown {self.name} options {unknown}; its options are {known}.")
         return self.options(**values)
+
+    def method_scores(self, items: list[dict], predictions: dict[str, list[str]]) -> dict[str, dict[str, list[float]]]:
+        """Each method's per-instance scores: ``instance_scores`` run once per method."""
+        return {method: self.instance_scores(items, answers) for method, answers in predictions.items()}
+
+    def evaluate(
+        self, items: list[dict], predictions: dict[str, list[str]], context: ScoreContext
+    ) -> tuple[dict, dict[str, dict[str, list[float]]] | None]:
+        """The task's result and each method's per-instance scores (None without ``instance_scores``), each metric
+        computed once per method."""
+        if self.instance_scores is None:
+            return self.score(items, predictions, context), None
+        scores = self.method_scores(items, predictions)
+        return self.score(items, predictions, context, scores=scores), scores
 
 
 _REGISTRY: dict[str, Task] = {}
@@ -166,12 +183,6 @@ def check_fields(*names: str) -> Callable[[Any], None]:
     return check
 
 
-def positive_limit(task: str, name: str, value: int | None) -> None:
-    """Refuse a limit below 1 (None means no limit): it would select nothing."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"The {task} option `{name}` must be an integer >= 1 (or unset for all), got {value!r}.")
-
-
 def metric_table(title: str, result: dict, keys: tuple[str, ...]) -> list[str]:
     """A Markdown table with one row per method and one column per key of ``result["methods"][method]``."""
     lines = [f"## {title} ({result['instances']} items)", "", "| Method | " + " | ".join(keys) + " |",
@@ -180,3 +191,18 @@ def metric_table(title: str, result: dict, keys: tuple[str, ...]) -> list[str]:
         lines.append(f"| {name} | " + " | ".join(f"{scores[k]:.2f}" if isinstance(scores[k], float) else str(scores[k])
                                                  for k in keys) + " |")
     return lines + [""]
+
+
+def mean_scores(scores: dict[str, list[float]], positions: list[int] | None = None) -> dict[str, float]:
+    """Each metric's mean over the items at ``positions`` (all by default): every aggregate a task reports of its
+    per-instance scores (overall, per category, per task or subject) is this mean."""
+    return {metric: float(np.mean(values if positions is None else [values[p] for p in positions]))
+            for metric, values in scores.items()}
+
+
+def positions_by(items: list[dict], key: str) -> dict[str, list[int]]:
+    """The items' positions per value of ``item[key]`` (e.g. SuperNI's category or task), the values sorted."""
+    groups: dict[str, list[int]] = {}
+    for position, item in enumerate(items):
+        groups.setdefault(item[key], []).append(position)
+    return dict(sorted(groups.items()))

@@ -5,24 +5,25 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ...resources import resource_path
-from . import ScoreContext, Task, check_fields, metric_table, positive_limit, read_rows, register_task
+from ...settings import check_settings, positive_int, setting
+from . import ScoreContext, Task, check_fields, metric_table, read_rows, register_task
 
 
 @dataclass(kw_only=True)
 class AlpacaEvalOptions:
     """Where the AlpacaEval instructions come from and how many run."""
 
-    path: str = field(default=str(resource_path("alpaca_eval", "alpaca_eval.json.gz")), metadata={
-        "help": "AlpacaEval JSON (gzip allowed) of {instruction, dataset, ...}, a save_to_disk folder, or a dataset "
-                "name in the Hub's tatsu-lab/alpaca_eval layout."})
-    split: str = field(default="eval", metadata={"help": "Split of a dataset folder or name."})
-    limit: int | None = field(default=None, metadata={"help": "The first N instructions.", "selects": True})
+    path: str = setting(str(resource_path("alpaca_eval", "alpaca_eval.json.gz")), help=(
+        "AlpacaEval JSON (gzip allowed) of {instruction, dataset, ...}, a save_to_disk folder, or a dataset name in "
+        "the Hub's tatsu-lab/alpaca_eval layout."))
+    split: str = setting("eval", help="Split of a dataset folder or name.")
+    limit: int | None = setting(None, check=positive_int, selects=True, help="The first N instructions.")
 
     def __post_init__(self) -> None:
-        positive_limit("alpacaeval", "limit", self.limit)
+        check_settings(self)
 
 
 def load_alpacaeval(options: AlpacaEvalOptions) -> list[dict]:
@@ -37,7 +38,12 @@ def load_alpacaeval(options: AlpacaEvalOptions) -> list[dict]:
 
 
 def score_alpacaeval(items: list[dict], predictions: dict[str, list[str]], context: ScoreContext) -> dict:
-    """Write ``alpaca_eval_<method>.json`` per method; report answer lengths."""
+    """Write ``alpaca_eval_<method>.json`` per method; report answer lengths.
+
+    No per-instance scores: the win rate is alpaca_eval's, judged outside this package (its length-controlled win
+    rate comes from a regression fitted over all answers, not a plain mean); of the lengths only ``mean_words`` is a
+    mean (``median_words`` a median, ``empty`` a count).
+    """
     result = {}
     for name, answers in predictions.items():
         outputs = [{"instruction": i["message"]["content"], "output": answer,

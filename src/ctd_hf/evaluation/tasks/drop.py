@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..scoring import load_metric
 from ...resources import resource_path
-from . import ScoreContext, Task, check_fields, metric_table, positive_limit, read_rows, register_task
+from ...settings import check_settings, positive_int, setting
+from . import ScoreContext, Task, check_fields, mean_scores, metric_table, read_rows, register_task
 
 
 @dataclass(kw_only=True)
 class DROPOptions:
     """Where the DROP questions come from and how many run."""
 
-    path: str = field(default=str(resource_path("drop", "drop_dev.jsonl.gz")), metadata={
-        "help": "JSONL (gzip allowed) of {id, passage, question, answers}, a save_to_disk folder, or a dataset name "
-                "in the Hub's ucinlp/drop layout."})
-    split: str = field(default="validation", metadata={"help": "Split of a dataset folder or name."})
-    limit: int | None = field(default=500, metadata={"help": "The first N questions.", "selects": True})
+    path: str = setting(str(resource_path("drop", "drop_dev.jsonl.gz")), help=(
+        "JSONL (gzip allowed) of {id, passage, question, answers}, a save_to_disk folder, or a dataset name in the "
+        "Hub's ucinlp/drop layout."))
+    split: str = setting("validation", help="Split of a dataset folder or name.")
+    limit: int | None = setting(500, check=positive_int, selects=True, help="The first N questions.")
 
     def __post_init__(self) -> None:
-        positive_limit("drop", "limit", self.limit)
+        check_settings(self)
 
 
 def _normalised(record: dict) -> dict:
@@ -48,16 +49,17 @@ def load_drop(options: DROPOptions) -> list[dict]:
     } for record in records]
 
 
-def score_drop(items: list[dict], predictions: dict[str, list[str]], context: ScoreContext) -> dict:
-    """Exact match and F1 per method."""
-    metric = load_metric("drop")
-    references = [i["references"] for i in items]
-    return {"methods": {name: metric.compute(predictions=answers, references=references)
-                        for name, answers in predictions.items()}, "instances": len(items)}
+def score_drop(
+    items: list[dict], predictions: dict[str, list[str]], context: ScoreContext,
+    scores: dict[str, dict[str, list[float]]] | None = None,
+) -> dict:
+    """Exact match and F1 per method: the means of the per-question scores, as the official script averages them."""
+    scores = TASK.method_scores(items, predictions) if scores is None else scores
+    return {"methods": {name: mean_scores(values) for name, values in scores.items()}, "instances": len(items)}
 
 
 def drop_instance_scores(items: list[dict], predictions: list[str]) -> dict[str, list[float]]:
-    """Exact match and F1 of each question (x100), from the same metric script as :func:`score_drop`."""
+    """Exact match and F1 of each question (x100), from the shipped DROP metric script."""
     return load_metric("drop").compute(predictions=predictions, references=[i["references"] for i in items],
                                        per_instance=True)
 

@@ -2,29 +2,35 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ...resources import resource_path
-from . import ScoreContext, Task, check_fields, metric_table, positive_limit, read_rows, register_task
+from ...settings import check_settings, positive_int, setting
+from . import (ScoreContext, Task, check_fields, mean_scores, metric_table, positions_by, read_rows,
+               register_task)
 
 LETTERS = "ABCD"
+
+
+def _shot_count(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 5:
+        raise ValueError(f"must be 0 to 5 (MMLU has 5 dev examples per subject), got {value!r}.")
+    return value
 
 
 @dataclass(kw_only=True)
 class MMLUOptions:
     """Where the MMLU questions come from, how many per subject, and how many dev examples precede each."""
 
-    path: str = field(default=str(resource_path("mmlu", "mmlu.jsonl.gz")), metadata={
-        "help": "JSONL (gzip allowed) of {subject, split, question, choices, answer}, a save_to_disk folder (test and "
-                "dev splits), or a dataset name in the Hub's cais/mmlu layout (config `all`)."})
-    shots: int = field(default=0, metadata={"help": "Dev examples per subject before each question (0 to 5)."})
-    limit: int | None = field(default=None, metadata={"help": "Test questions per subject.", "selects": True})
+    path: str = setting(str(resource_path("mmlu", "mmlu.jsonl.gz")), help=(
+        "JSONL (gzip allowed) of {subject, split, question, choices, answer}, a save_to_disk folder (test and dev "
+        "splits), or a dataset name in the Hub's cais/mmlu layout (config `all`)."))
+    shots: int = setting(0, check=_shot_count, help="Dev examples per subject before each question (0 to 5).")
+    limit: int | None = setting(None, check=positive_int, selects=True, help="Test questions per subject.")
 
     def __post_init__(self) -> None:
-        if not 0 <= self.shots <= 5:
-            raise ValueError(f"MMLU has 5 dev examples per subject: shots must be 0 to 5, got {self.shots}.")
-        positive_limit("mmlu", "limit", self.limit)
+        check_settings(self)
 
 
 def _records(path: str, shots: int) -> list[dict]:
@@ -76,18 +82,17 @@ def mmlu_instance_scores(items: list[dict], predictions: list[str]) -> dict[str,
     return {"accuracy": [100.0 * (answer == item["references"][0]) for item, answer in zip(items, predictions)]}
 
 
-def score_mmlu(items: list[dict], predictions: dict[str, list[str]], context: ScoreContext) -> dict:
-    """Accuracy per method, overall and per subject."""
-
-    def accuracy(positions: list[int], scores: list[float]) -> float:
-        return sum(scores[p] for p in positions) / len(positions)
-
-    subjects = {s: [p for p, i in enumerate(items) if i["group"] == s] for s in sorted({i["group"] for i in items})}
-    everything = list(range(len(items)))
-    per_question = {name: mmlu_instance_scores(items, answers)["accuracy"] for name, answers in predictions.items()}
-    return {"methods": {name: {"accuracy": accuracy(everything, scores),
-                               "subjects": {s: accuracy(positions, scores) for s, positions in subjects.items()}}
-                        for name, scores in per_question.items()}, "instances": len(items)}
+def score_mmlu(
+    items: list[dict], predictions: dict[str, list[str]], context: ScoreContext,
+    scores: dict[str, dict[str, list[float]]] | None = None,
+) -> dict:
+    """Accuracy per method, overall and per subject: means of the per-question scores."""
+    scores = TASK.method_scores(items, predictions) if scores is None else scores
+    subjects = positions_by(items, "group")
+    return {"methods": {name: {**mean_scores(values),
+                               "subjects": {s: mean_scores(values, positions)["accuracy"]
+                                            for s, positions in subjects.items()}}
+                        for name, values in scores.items()}, "instances": len(items)}
 
 
 TASK = register_task(Task(

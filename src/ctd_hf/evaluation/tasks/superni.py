@@ -6,13 +6,14 @@ from __future__ import annotations
 import itertools
 import json
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ...plots import grouped_bars
 from ..scoring import load_metric
 from ...resources import resource_path
-from . import ScoreContext, Task, check_fields, positive_limit, read_rows, register_task
+from ...settings import check_settings, positive_int, setting
+from . import ScoreContext, Task, check_fields, mean_scores, positions_by, read_rows, register_task
 
 CATEGORY_ABBREVIATIONS = {
     "Title Generation": "TG", "Coreference Resolution": "CR", "Textual Entailment": "TE", "Question Rewriting": "QR",
@@ -26,26 +27,25 @@ CATEGORY_ABBREVIATIONS = {
 class SuperNIOptions:
     """Where the SuperNI tasks come from and how many instances of each run."""
 
-    dir: str = field(default=str(resource_path("supernatinst")),
-                     metadata={"help": "A natural-instructions layout: tasks/*.json and splits/."})
-    tasks: str = field(default="sample/test_tasks.txt", metadata={
-        "help": "Task list under splits/: the shipped held-out sample by default; default/test_tasks.txt is the "
-                "official 119-task list (with a natural-instructions checkout as the dir)."})
-    categories: str | None = field(default=None, metadata={"help": "task -> category JSON under splits/ (optional)."})
-    dataset: str | None = field(default=None, metadata={
-        "help": "Instead of the task files: a save_to_disk folder or a dataset name in the Hub's "
-                "Muennighoff/natural-instructions layout (task_name, id, definition, inputs, targets); the task list "
-                "and categories still come from splits/ of the dir."})
-    split: str = field(default="test", metadata={"help": "Split of the dataset."})
-    max_instances: int = field(default=100, metadata={"help": "Instances per task (the first ones).", "selects": True,
-                                                      "aliases": ("--max-instances",)})
-    per_category: int | None = field(default=None, metadata={
-        "help": "Instead of max_instances: about this many instances per category, shared evenly by its tasks (at "
-                "least one each), so that no category outweighs another.", "selects": True})
+    dir: str = setting(str(resource_path("supernatinst")), help="A natural-instructions layout: tasks/*.json and "
+                                                                "splits/.")
+    tasks: str = setting("sample/test_tasks.txt", help=(
+        "Task list under splits/: the shipped held-out sample by default; default/test_tasks.txt is the official "
+        "119-task list (with a natural-instructions checkout as the dir)."))
+    categories: str | None = setting(None, help="task -> category JSON under splits/ (optional).")
+    dataset: str | None = setting(None, help=(
+        "Instead of the task files: a save_to_disk folder or a dataset name in the Hub's "
+        "Muennighoff/natural-instructions layout (task_name, id, definition, inputs, targets); the task list and "
+        "categories still come from splits/ of the dir."))
+    split: str = setting("test", help="Split of the dataset.")
+    max_instances: int = setting(100, check=positive_int, selects=True, aliases=("--max-instances",),
+                                 help="Instances per task (the first ones).")
+    per_category: int | None = setting(None, check=positive_int, selects=True, help=(
+        "Instead of max_instances: about this many instances per category, shared evenly by its tasks (at least one "
+        "each), so that no category outweighs another."))
 
     def __post_init__(self) -> None:
-        positive_limit("superni", "max_instances", self.max_instances)
-        positive_limit("superni", "per_category", self.per_category)
+        check_settings(self)
 
 
 def _with_period(text: str) -> str:
@@ -175,29 +175,27 @@ def _references(targets: object, dataset: str, instance: str) -> list[str]:
                      "list of strings (its references).")
 
 
-def score_superni(items: list[dict], predictions: dict[str, list[str]], context: ScoreContext) -> dict:
-    """Rouge-L and exact match overall, per category and per task; winning rates over tasks."""
-    metric = load_metric("superni")
-    index = {item["id"]: position for position, item in enumerate(items)}
-
-    def score(subset: list[dict], name: str) -> dict:
-        return metric.compute(predictions=[predictions[name][index[i["id"]]] for i in subset],
-                              references=[i["references"] for i in subset])
-
-    by_category = {c: [i for i in items if i["category"] == c] for c in sorted({i["category"] for i in items})}
-    by_task = {t: [i for i in items if i["group"] == t] for t in sorted({i["group"] for i in items})}
-    result = {name: {"overall": score(items, name),
-                     "categories": {c: score(subset, name) for c, subset in by_category.items()},
-                     "tasks": {t: score(subset, name) for t, subset in by_task.items()}}
-              for name in predictions}
-    # Winning rate: share of tasks where method a's Rouge-L beats method b's.
-    wins = {f"{a} > {b}": sum(result[a]["tasks"][t]["rougeL"] > result[b]["tasks"][t]["rougeL"] for t in by_task)
-            / len(by_task) for a, b in itertools.permutations(predictions, 2)}
-    return {"methods": result, "winning_rate": wins, "tasks": len(by_task), "instances": len(items)}
+def score_superni(
+    items: list[dict], predictions: dict[str, list[str]], context: ScoreContext,
+    scores: dict[str, dict[str, list[float]]] | None = None,
+) -> dict:
+    """Rouge-L and exact match overall, per category and per task: means of the per-instance scores, as the official
+    metric averages them (it also rounds to 4 places; these means are unrounded). Winning rates over tasks."""
+    scores = TASK.method_scores(items, predictions) if scores is None else scores
+    categories, tasks = positions_by(items, "category"), positions_by(items, "group")
+    result = {name: {"overall": mean_scores(values),
+                     "categories": {c: mean_scores(values, positions) for c, positions in categories.items()},
+                     "tasks": {t: mean_scores(values, positions) for t, positions in tasks.items()}}
+              for name, values in scores.items()}
+    # Winning rate: share of tasks where method a's mean Rouge-L beats method b's (a rate over tasks, not a mean of
+    # per-instance scores).
+    wins = {f"{a} > {b}": sum(result[a]["tasks"][t]["rougeL"] > result[b]["tasks"][t]["rougeL"] for t in tasks)
+            / len(tasks) for a, b in itertools.permutations(result, 2)}
+    return {"methods": result, "winning_rate": wins, "tasks": len(tasks), "instances": len(items)}
 
 
 def superni_instance_scores(items: list[dict], predictions: list[str]) -> dict[str, list[float]]:
-    """Rouge-L and exact match of each item (x100), from the same metric script as :func:`score_superni`."""
+    """Rouge-L and exact match of each item (x100), from the shipped SuperNI metric script."""
     return load_metric("superni").compute(predictions=predictions, references=[i["references"] for i in items],
                                           per_instance=True)
 

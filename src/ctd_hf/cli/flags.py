@@ -1,0 +1,131 @@
+"""Command-line flags generated from settings dataclasses (:mod:`ctd_hf.settings`), and the settings built back.
+
+A field ``max_new_tokens`` becomes ``--max-new-tokens`` (plus its declared ``aliases``), typed from its annotation,
+with its help, choices and check; a ``tuple[X, ...]`` field takes comma-separated values. The field's own check runs
+while argparse parses, so a bad value gets argparse's one-line error naming the flag.
+
+transformers' ``HfArgumentParser`` (TRL's choice) is not used because it cannot express what these flags are: it
+passes every metadata key to ``add_argument`` (so a field cannot carry its check), reads ``tuple`` fields as one
+string, spells each flag twice (``--max_new_tokens`` and ``--max-new-tokens``), and has no per-method flags such as
+``--beta``/``--id-strength`` for the one ``DecodingMethod.strength``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..settings import SettingError, check_value
+
+Flags = dict[str, str]  # parameter (dest) -> the flag that sets it, for error messages
+
+
+def _kind(hint: Any) -> tuple[Any, bool]:
+    """The element type of an annotation and whether it is a tuple of them (``X | None`` counts as ``X``)."""
+    args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    if typing.get_origin(hint) is tuple:
+        return args[0], True
+    if args and typing.get_origin(hint) is not None:
+        return _kind(args[0])[0], False
+    return hint, False
+
+
+def _parser(name: str, kind: type, many: bool, check: Callable | None, choices: Any) -> Callable[[str], Any]:
+    """argparse ``type``: convert the text to ``kind`` (each comma-separated item when ``many``) and check it."""
+    described = {int: "an integer", float: "a number"}.get(kind, "a value")
+
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {described}, got {text!r}") from None
+        try:
+            return check_value(name, value, check, choices)
+        except SettingError as error:
+            raise argparse.ArgumentTypeError(error.problem.rstrip(".")) from None
+
+    def parse(text: str) -> Any:
+        if not many:
+            return convert(text)
+        items = [item for item in text.split(",") if item.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError("must name at least one item")
+        return tuple(convert(item) for item in items)
+
+    return parse
+
+
+def add_flags(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    settings: type,
+    flags: Flags,
+    *,
+    names: Iterable[str] | None = None,
+    rename: dict[str, str] | None = None,
+    prefix: str = "",
+    dest_prefix: str = "",
+    defaults: dict[str, Any] | None = None,
+    absent: bool = False,
+) -> None:
+    """Add a flag for each declared field of the dataclass ``settings`` (only ``names`` if given), recording in
+    ``flags`` which flag sets which parameter.
+
+    ``rename`` gives a field another flag (e.g. ``model`` -> ``--expert``); ``prefix`` goes before every flag name
+    and ``dest_prefix`` before every destination (a task's options: ``--superni-tasks`` -> ``superni:tasks``);
+    ``defaults`` replace the dataclass's; ``absent`` leaves unset flags out of the namespace (the dataclass default
+    then holds).
+    """
+    hints = typing.get_type_hints(settings)
+    chosen = None if names is None else set(names)
+    for field in dataclasses.fields(settings):
+        meta = field.metadata
+        if "help" not in meta or meta.get("cli") is False or (chosen is not None and field.name not in chosen):
+            continue
+        kind, many = _kind(hints[field.name])
+        kind = meta.get("flag_type", kind)
+        check, choices = meta.get("check"), meta.get("choices")
+        per_method = meta.get("flags")  # one flag per method for one field (DecodingMethod.strength)
+        for label, (spellings, method_help) in (per_method.items() if per_method else [(None, (None, None))]):
+            dest = dest_prefix + (field.name if label is None else f"{field.name}:{label}")
+            if spellings is None:
+                main = (rename or {}).get(field.name) or meta.get("flag") or f"--{prefix}{field.name.replace('_', '-')}"
+                spellings = (main, *meta.get("aliases", ()))
+            if defaults is not None and field.name in defaults:
+                default = defaults[field.name]
+            elif per_method or absent:
+                default = argparse.SUPPRESS if absent else None
+            else:
+                default = field.default if field.default is not dataclasses.MISSING else (
+                    field.default_factory() if field.default_factory is not dataclasses.MISSING else None)
+            help_text = method_help or meta["help"]
+            declared = default if default is not argparse.SUPPRESS else field.default
+            if declared not in (None, dataclasses.MISSING, (), {}) and kind is not bool and "default" not in help_text:
+                help_text += f" (default: {','.join(map(str, declared)) if many else declared})"
+            required = default is None and field.default is dataclasses.MISSING and field.default_factory is \
+                dataclasses.MISSING
+            if meta.get("positional"):
+                parser.add_argument(dest, type=_parser(field.name, kind, many, check, choices), help=help_text)
+            elif meta.get("repeat"):
+                parser.add_argument(*spellings, dest=dest, action="append", default=default, help=help_text,
+                                    type=_parser(field.name, kind, False, check, choices))
+            elif kind is bool:
+                negated = spellings[0].startswith("--no-")
+                parser.add_argument(*spellings, dest=dest, action="store_false" if negated else "store_true",
+                                    default=argparse.SUPPRESS if absent else negated, help=help_text)
+            else:
+                listed = {"choices": choices} if choices and not many else {
+                    "metavar": spellings[0].lstrip("-").replace("-", "_").upper()}
+                parser.add_argument(*spellings, dest=dest, type=_parser(field.name, kind, many, check, choices),
+                                    default=default, required=required, help=help_text, **listed)
+            flags[dest] = field.name if meta.get("positional") else spellings[0]
+
+
+def values(args: argparse.Namespace, settings: type, names: Iterable[str] | None = None) -> dict[str, Any]:
+    """The parsed values of ``settings``' fields (only ``names`` if given) present in ``args``."""
+    chosen = None if names is None else set(names)
+    parsed = vars(args)
+    return {field.name: parsed[field.name] for field in dataclasses.fields(settings)
+            if field.name in parsed and (chosen is None or field.name in chosen)}

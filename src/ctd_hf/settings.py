@@ -1,0 +1,147 @@
+"""Settings declared once: each field of a settings dataclass carries its default, help, allowed values and check.
+
+Every settings dataclass (``TuneSettings``, ``EvalSettings``, ``SweepSettings``, ``SynthSettings``,
+``GenerationSettings``, ``DecodingMethod``, the tasks' options) declares its fields with :func:`setting` and calls
+:func:`check_settings` in ``__post_init__``; ``ctd_hf.cli.flags`` generates the command line from the same fields and
+runs the same checks on the parsed values. So a value is refused by one function, with one message, whether it comes
+from Python or from a flag. Errors name the parameter (:class:`SettingError`); the CLI prints the flag instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+Check = Callable[[Any], Any]  # returns the value (possibly normalised, e.g. an int strength as a float) or raises
+
+
+class SettingError(ValueError):
+    """A setting's value was refused. ``name`` is the parameter, ``problem`` what is wrong with its value."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        self.name, self.problem = name, problem
+        super().__init__(f"`{name}` {problem}")
+
+
+class SettingTypeError(SettingError, TypeError):
+    """A setting's value is of the wrong type (a string where a number belongs)."""
+
+
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str,
+    check: Check | None = None,
+    choices: Sequence[Any] | None = None,
+    aliases: Sequence[str] = (),
+    default_factory: Callable[[], Any] | Any = dataclasses.MISSING,
+    **metadata: Any,
+) -> Any:
+    """A dataclass field holding one setting: ``check`` (see the checks below) and ``choices`` are enforced by
+    :func:`check_settings`; ``aliases`` are extra flag spellings; further ``metadata`` is read by its owner (e.g.
+    ``length=True`` in ``TuneSettings``) or by the CLI (``flag``, ``cli=False``, ``flags`` per method)."""
+    metadata = {"help": help, "check": check, "choices": tuple(choices) if choices else None,
+                "aliases": tuple(aliases), **metadata}
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def check_value(name: str, value: Any, check: Check | None = None, choices: Sequence[Any] | None = None) -> Any:
+    """``value`` checked (and normalised) by ``check`` and ``choices``, or a :class:`SettingError` naming ``name``."""
+    if choices and value not in choices:
+        raise SettingError(name, f"is {value!r}; choose one of {', '.join(map(str, choices))}.")
+    if check is None:
+        return value
+    try:
+        return check(value)
+    except TypeError as error:
+        raise SettingTypeError(name, str(error)) from None
+    except ValueError as error:
+        raise SettingError(name, str(error)) from None
+
+
+def check_settings(settings: Any) -> None:
+    """Check every declared field of the dataclass ``settings`` in place (a ``None`` default may stay ``None``; the
+    values of a tuple field are checked one by one, and there must be at least one)."""
+    hints = typing.get_type_hints(type(settings))
+    for field in dataclasses.fields(settings):
+        check, choices = field.metadata.get("check"), field.metadata.get("choices")
+        value = getattr(settings, field.name)
+        if (check is None and not choices) or (value is None and field.default is None):
+            continue
+        if typing.get_origin(hints[field.name]) is tuple:
+            values = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+            if not values:
+                raise SettingError(field.name, "must hold at least one value.")
+            value = tuple(check_value(field.name, item, check, choices) for item in values)
+        else:
+            value = check_value(field.name, value, check, choices)
+        setattr(settings, field.name, value)
+
+
+# ------------------------------------------------------------------------------------------------------------ checks
+# Each takes a value and returns it (normalised) or raises with the problem, phrased to follow the setting's name.
+def positive_int(value: Any) -> int:
+    """An integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"must be an integer >= 1, got {value!r}.")
+    return value
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"must be a number, got {value!r}.")
+    return float(value)
+
+
+def positive_number(value: Any) -> float:
+    """A finite number > 0."""
+    number = _number(value)
+    if not (math.isfinite(number) and number > 0):
+        raise ValueError(f"must be a finite number > 0, got {value!r}.")
+    return number
+
+
+def contrast_strength(value: Any) -> float:
+    """A contrast strength: a finite number >= 0."""
+    number = _number(value)
+    if not (math.isfinite(number) and number >= 0):
+        raise ValueError(f"must be a finite number >= 0, got {value!r}.")
+    return number
+
+
+def unit_interval(value: Any) -> float:
+    """A number in (0, 1], e.g. a share of the data."""
+    number = _number(value)
+    if not 0 < number <= 1:
+        raise ValueError(f"must be in (0, 1], got {value!r}.")
+    return number
+
+
+def probability(value: Any) -> float:
+    """A number in [0, 1]."""
+    number = _number(value)
+    if not 0 <= number <= 1:
+        raise ValueError(f"must be in [0, 1], got {value!r}.")
+    return number
+
+
+def output_folder(value: Any) -> str:
+    """A folder that may exist (a resume) but is not a file."""
+    if Path(value).exists() and not Path(value).is_dir():
+        raise ValueError(f"{value} is a file, not a folder.")
+    return str(value)
+
+
+def like(owner: type, name: str, default: Any = dataclasses.MISSING, **overrides: Any) -> Any:
+    """A field declaring the same setting as ``owner``'s field ``name`` (its check, choices and help), where another
+    job passes that setting through; ``default`` and ``overrides`` (e.g. ``help``) replace the owner's. A ``tuple``
+    field made with it holds several values of the setting, each checked."""
+    source = {field.name: field for field in dataclasses.fields(owner)}[name]
+    metadata = {**source.metadata, "aliases": (), **overrides}
+    if default is dataclasses.MISSING:
+        default = source.default
+    return setting(default, **metadata)
