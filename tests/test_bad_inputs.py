@@ -350,7 +350,7 @@ def test_evaluation_without_benchmarks(model, tok, tmp_path):
 def test_evaluation_into_a_file(model, tok, tmp_path):
     (tmp_path / "out").write_text("")
     settings = EvalSettings(options={"superni": {"max_instances": 1}}, max_new_tokens={"superni": 2})
-    with expect(NotADirectoryError, "out", "another --output-dir"):
+    with expect(NotADirectoryError, "out", "another output folder"):
         run_evaluation(model, tok, {"od": DecodingMethod("od")}, settings, tmp_path / "out", "tiny")
 
 

@@ -96,7 +96,7 @@ def format_completion(
         if not full.startswith(prompt):
             raise ValueError(
                 "The tokenizer's chat template renders a conversation differently with and without the answer, so "
-                "prompt and answer cannot be split; use --prompt-format chatml, alpaca or sua instead."
+                "prompt and answer cannot be split; use prompt_format chatml, alpaca or sua instead."
             )
         return full[len(prompt) :]
     raise ValueError(f"Unknown prompt format {prompt_format!r}; choose one of {PROMPT_FORMATS}.")

@@ -19,8 +19,39 @@ def check_output_folder(path: str | Path) -> Path:
     """``path`` as a ``Path``, refused when it is a file: a run's output folder may exist (a resume), or not yet."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"The output folder {path} is a file: choose another --output-dir.")
+        raise NotADirectoryError(f"The output folder {path} is a file: choose another output folder.")
     return path
+
+
+def check_resumable(
+    folder: Path,
+    settings_file: str,
+    current: dict,
+    produced: bool = True,
+    changes: Callable[[dict, dict], list[str]] | None = None,
+    write: bool = True,
+) -> None:
+    """The resume guard every job shares: refuse to continue ``folder`` when it ``produced`` outputs under settings
+    (recorded in ``settings_file``) other than ``current``, so one folder never mixes two runs; then record
+    ``current`` (when ``write``: one process of a sharded job) before anything else is written.
+
+    ``changes(previous, current)`` names what differs (default: each top-level key whose value differs).
+    """
+    path = folder / settings_file
+    if produced and path.is_file():
+        previous = json.loads(path.read_text())
+        changed = (changes or _changed_keys)(previous, current)
+        if changed:
+            raise ValueError(f"{folder} holds a run with another model or settings, and other settings "
+                             f"({'; '.join(changed)}) cannot resume it: use a new output folder, or delete this one "
+                             "to start over.")
+    if write:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(path, current)
+
+
+def _changed_keys(previous: dict, current: dict) -> list[str]:
+    return [f"{key}: {previous.get(key)!r} -> {value!r}" for key, value in current.items() if previous.get(key) != value]
 
 
 def load_json_records(path: str | Path, check: Callable[[Any], None] | None = None) -> list[Any]:

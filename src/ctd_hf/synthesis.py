@@ -13,6 +13,7 @@ processes (batched left-padded greedy decoding equals per-row decoding in fp32);
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sys
@@ -31,9 +32,11 @@ from .decoding.methods import DecodingMethod
 from .distributed import process_state
 from .models import fingerprint
 from .prompts import prompt_format_setting
-from .records import append_records, check_output_folder, load_json_records, read_records, write_json, write_text
+from .records import (append_records, check_output_folder, check_resumable, load_json_records, read_records, write_json,
+                      write_text)
 from .settings import check_settings, check_value, positive_int, setting
 
+logger = logging.getLogger(__name__)
 OUTPUT_FORMATS = ("alpaca", "messages")
 CONFIG_NAME = "synthesis_config.json"
 # Settings that decide the answers: a rerun into a folder written with other values is refused.
@@ -136,9 +139,8 @@ def synthesize(
         "instructions": str(instructions) if isinstance(instructions, (str, Path)) else type(instructions).__name__,
     }
     config = json.loads(json.dumps(config, default=str))
-    _check_config(output_dir, config)
-    if rank == 0 and not (output_dir / CONFIG_NAME).is_file():
-        write_json(output_dir / CONFIG_NAME, {**config, "complete": False})
+    check_resumable(output_dir, CONFIG_NAME, {**config, "complete": False}, changes=_generation_changes,
+                    write=rank == 0 and not (output_dir / CONFIG_NAME).is_file())
 
     shard = output_dir / f"shard-{rank:05d}-of-{world_size:05d}.jsonl"
     read_records(shard, repair=True)
@@ -169,24 +171,17 @@ def synthesize(
     answered = _answered(output_dir, records)
     missing = len(records) - len(answered)
     if missing:
-        print(f"{missing} of {len(records)} instructions still lack an answer (other ranks' jobs?): not merged yet.",
-              file=sys.stderr)
+        logger.info("%d of %d instructions still lack an answer (other ranks' jobs?): not merged yet.", missing,
+                    len(records))
         return None
     return _merge(output_dir, [answered[r["key"]] for r in records], config, settings.output_format,
                   settings.also_plain)
 
 
-def _check_config(output_dir: Path, config: dict) -> None:
-    """Refuse to resume a folder whose answers were generated with other settings."""
-    path = output_dir / CONFIG_NAME
-    if not path.is_file():
-        return
-    old = json.loads(path.read_text())
-    changed = [key for key in _GENERATION_KEYS if old.get(key) != config[key]]
-    if changed:
-        details = "; ".join(f"{key}: {old.get(key)!r} -> {config[key]!r}" for key in changed)
-        raise ValueError(f"{output_dir} holds answers generated with other settings ({details}). Use a new "
-                         "--output-dir, or delete the folder to start over.")
+def _generation_changes(previous: dict, current: dict) -> list[str]:
+    """The settings that decide the answers and differ (the instructions file and the merge state may change)."""
+    return [f"{key}: {previous.get(key)!r} -> {current[key]!r}" for key in _GENERATION_KEYS
+            if previous.get(key) != current[key]]
 
 
 def _answered(output_dir: Path, records: list[dict]) -> dict[int, dict]:
@@ -197,7 +192,7 @@ def _answered(output_dir: Path, records: list[dict]) -> dict[int, dict]:
         for row in read_records(path):
             source = by_key.get(row["key"])
             if source is None or row["key"] in answered:
-                continue  # beyond --limit this time, or a duplicate (kept once)
+                continue  # beyond `limit` this time, or a duplicate (kept once)
             if row.get("instruction") != source["instruction"] or (row.get("input") or "") != source["input"]:
                 raise ValueError(f"{path} answers instruction {row['key']} as {row.get('instruction')!r}, but the "
                                  f"instructions now have {source['instruction']!r} there: use a new output folder.")

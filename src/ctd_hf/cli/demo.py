@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..settings import output_folder, setting
-from ..study.demo import FULL, QUICK, run_demo
+from ..study.demo import FULL, QUICK, run_demo, summary
 from .arguments import ModelArguments
 from .flags import add_flags
 
@@ -33,4 +34,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     output_dir = args.output_dir or ("runs/demo-quick" if args.quick else "runs/demo")
-    return run_demo(output_dir, QUICK if args.quick else FULL, args.prefix, args.model)
+    report = run_demo(output_dir, QUICK if args.quick else FULL, args.prefix, args.model)
+    print(summary(report, Path(output_dir, "eval")))
+    return report

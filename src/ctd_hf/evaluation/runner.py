@@ -25,7 +25,7 @@ from ..decoding.batch import check_prompt_lengths
 from ..distributed import process_state
 from ..models import fingerprint
 from ..prompts import encode_prompt, format_prompt, prompt_format_setting
-from ..records import append_records, check_output_folder, read_records, write_json
+from ..records import append_records, check_output_folder, check_resumable, read_records
 from ..settings import check_settings, positive_int, setting
 from .report import build_report
 from .tasks import Task, get_task
@@ -214,7 +214,9 @@ def run_evaluation(
         method.check(model, tokenizer)
     items = {task.name: _prompts_that_fit(task, settings, model, tokenizer, methods) for task in tasks}
     current = run_settings(methods, settings, seed, model, model_name)
-    _check_resumable(Path(output_dir), current, tasks, state.is_main_process)
+    check_resumable(Path(output_dir), "eval_settings.json", current,
+                    changes=lambda previous, new: _evaluation_changes(previous, new, tasks),
+                    write=state.is_main_process)
     for task in tasks:
         for name, method in methods.items():
             predict(model, tokenizer, name, method, task, items[task.name], settings, output_dir)
@@ -238,29 +240,19 @@ def _answer_key(method: dict) -> dict:
     return {k: v for k, v in method.items() if not (k == "prefix" and method.get("prefix_sha256"))}
 
 
-def _check_resumable(output_dir: Path, current: dict, tasks: list[Task], is_main_process: bool) -> None:
-    """Refuse to add predictions to a folder written with other settings (another model, a method's settings, the
-    prompt format, the token limits...): a resumed run must not mix them. More methods or tasks than before are fine."""
-    path = output_dir / "eval_settings.json"
-    if path.is_file():
-        previous = json.loads(path.read_text())
-        if previous.get("format") != SETTINGS_FORMAT:
-            raise ValueError(f"{output_dir} was written by another version of ctd_hf: use a new --output-dir.")
-        if previous["model"] != current["model"]:
-            raise ValueError(f"{output_dir} holds predictions of another model ({previous['model']['name']}, "
-                             f"{previous['model']['dtype']}, weights {previous['model']['fingerprint'][:12]}; now "
-                             f"{current['model']['name']}, {current['model']['dtype']}, weights "
-                             f"{current['model']['fingerprint'][:12]}): use a new --output-dir.")
-        shared = set(previous["methods"]) & set(current["methods"])
-        changed = [f"method {n}" for n in sorted(shared)
-                   if _answer_key(previous["methods"][n]) != _answer_key(current["methods"][n])]
-        old, new = _resume_key(previous, tasks), _resume_key(current, tasks)
-        changed += [key for key, value in new.items() if key != "options" and old.get(key) != value]
-        changed += [f"{name} options" for name, value in new["options"].items()
-                    if name in old.get("options", {}) and old["options"][name] != value]
-        if changed:
-            raise ValueError(f"{output_dir} holds predictions made with other settings ({', '.join(changed)}): use a "
-                             "new --output-dir, or delete the folder to start over.")
-    if is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        write_json(path, current)
+def _evaluation_changes(previous: dict, current: dict, tasks: list[Task]) -> list[str]:
+    """What differs between two evaluation settings in a way that changes answers (another model, a method's
+    settings, the prompt format, the token limits...); more methods or tasks than before are fine."""
+    if previous.get("format") != SETTINGS_FORMAT:
+        return ["the folder's layout, written by another version of ctd_hf"]
+    if previous["model"] != current["model"]:
+        return [f"another model: {previous['model']['name']}, {previous['model']['dtype']}, weights "
+                f"{previous['model']['fingerprint'][:12]}; now {current['model']['name']}, {current['model']['dtype']}, "
+                f"weights {current['model']['fingerprint'][:12]}"]
+    shared = set(previous["methods"]) & set(current["methods"])
+    changed = [f"method {n}" for n in sorted(shared)
+               if _answer_key(previous["methods"][n]) != _answer_key(current["methods"][n])]
+    old, new = _resume_key(previous, tasks), _resume_key(current, tasks)
+    changed += [key for key, value in new.items() if key != "options" and old.get(key) != value]
+    return changed + [f"{name} options" for name, value in new["options"].items()
+                      if name in old.get("options", {}) and old["options"][name] != value]

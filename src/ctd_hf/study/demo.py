@@ -10,7 +10,7 @@ small run that shows the pipeline, too small to answer the question.
 from __future__ import annotations
 
 import dataclasses
-import sys
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,7 @@ from ..settings import check_settings, like, positive_int, setting
 from ..training.tuning import TuneSettings, tune
 from .tuning_data import tuning_data_path
 
+logger = logging.getLogger(__name__)
 PAIRS = ("ctd - od", "ctd - id", "id - od")
 HELD_OUT = "broad/test_tasks.txt"
 
@@ -58,8 +59,9 @@ QUICK = DemoSettings(tuning=TuneSettings(data="superni", max_steps=4, learning_r
 def run_demo(
     output_dir: str | Path, settings: DemoSettings = FULL, prefix: str | Path | None = None, model: str = "default"
 ) -> dict:
-    """Tune (unless ``prefix`` is given; a rerun resumes), evaluate od, id and ctd on the held-out sample, print the
-    summary and return the report (``report.md``, ``report.json`` and the charts are in ``output_dir/eval``)."""
+    """Tune (unless ``prefix`` is given; a rerun resumes), evaluate od, id and ctd on the held-out sample and return
+    the report (``report.md``, ``report.json`` and the charts are in ``output_dir/eval``; :func:`summary` is what
+    ``ctd-hf demo`` prints)."""
     output_dir, started = check_output_folder(output_dir), time.time()
     steps = 2 if prefix else 3
     if prefix is None:
@@ -79,12 +81,11 @@ def run_demo(
                               max_source_tokens=settings.max_source_tokens)
     report = run_evaluation(base, tokenizer, methods, evaluation, output_dir / "eval", model_id(base))
     _phase(steps, steps, "report", started)
-    print(summary(report, output_dir / "eval"))
     return report
 
 
 def _phase(index: int, count: int, what: str, started: float) -> None:
-    print(f"[{index}/{count}] {what} ({(time.time() - started) / 60:.1f} min so far)", file=sys.stderr, flush=True)
+    logger.info("[%d/%d] %s (%.1f min so far)", index, count, what, (time.time() - started) / 60)
 
 
 def _difference(pairs: dict, a: str, b: str) -> tuple[float, float, float, float, str, str]:

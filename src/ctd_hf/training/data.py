@@ -13,9 +13,8 @@ from torch.nn.utils.rnn import pad_sequence
 from transformers import PreTrainedTokenizerBase
 
 from ..contrast import IGNORE_INDEX
-from ..models import looks_like_path
 from ..prompts import encode_prompt, format_completion, format_prompt
-from ..records import load_json_records
+from ..sources import read_source
 from ..settings import check_value, unit_interval
 
 _FORMS = ("`messages` (chat form), `instruction` and `output` (Alpaca form), or `prompt` and `completion` (TRL's "
@@ -58,26 +57,10 @@ def _check_example(example: dict) -> None:
 
 
 def _read(source: str | Path | datasets.Dataset, split: str) -> datasets.Dataset:
-    if isinstance(source, datasets.DatasetDict):
-        if split not in source:
-            raise ValueError(f"The DatasetDict has splits {sorted(source)}, not {split!r}: pass `split=`.")
-        return source[split]
-    if isinstance(source, datasets.Dataset):
-        return source
-    path = Path(source).expanduser()
-    if path.is_file():
-        # Read here rather than by datasets' json builder, whose errors do not say which line is wrong.
-        return datasets.Dataset.from_list([_to_messages(r) for r in load_json_records(path, _check_example)])
-    if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
-        return _read(datasets.load_from_disk(str(path)), split)
-    if path.is_dir() or looks_like_path(str(source)):
-        raise FileNotFoundError(f"{path} is neither a data file (JSON/JSONL) nor a folder written by `save_to_disk`."
-                                if path.is_dir() else f"{path} does not exist.")
-    try:
-        return datasets.load_dataset(str(source), split=split)
-    except Exception as error:  # the Hub's errors vary; say what was tried
-        raise ValueError(f"{source!r} is not a local file or folder, and loading it as a dataset name failed "
-                         f"({type(error).__name__}: {error}).") from None
+    records = read_source(source, split, _check_example)
+    if isinstance(records, list):  # a file, checked record by record as it was read
+        return datasets.Dataset.from_list([_to_messages(record) for record in records])
+    return records
 
 
 def load_sft_data(

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from ..adapter import check_adapter
 from ..models import fingerprint, load_model_and_tokenizer, model_id
 from ..plots import loss_curves
 from ..prompts import prompt_format_setting
-from ..records import check_output_folder, write_json
+from ..records import check_output_folder, check_resumable, write_json
 from ..resources import resource_path
 from ..settings import (SettingError, check_settings, positive_int, positive_number, setting,
                         unit_interval, contrast_strength)
@@ -36,6 +36,7 @@ from .data import load_sft_data, sequence_length, tokenize_sft
 from .prefix import add_soft_prefix, check_not_exported
 from .trainer import CTDTrainer
 
+logger = logging.getLogger(__name__)
 SETTINGS_FILE = "tune_settings.json"
 RESULTS_FILE = "train_results.json"
 ADAPTERS = ("prefix", "lora")
@@ -107,7 +108,7 @@ def tune(
     length = {"epochs": settings.epochs, "max_steps": settings.max_steps}
     results = output_dir / RESULTS_FILE
     if results.is_file() and (finished := json.loads(results.read_text())).get("length") == length:
-        print(f"{output_dir} holds a finished run of these settings: nothing to train.", file=sys.stderr)
+        logger.info("%s holds a finished run of these settings: nothing to train.", output_dir)
         return finished
     state = TrainerState.load_from_json(str(Path(checkpoint, "trainer_state.json"))) if checkpoint else None
     if state is not None and settings.max_steps is not None and state.global_step > settings.max_steps:
@@ -137,7 +138,7 @@ def tune(
         trainer.state = state
     else:
         if checkpoint:
-            print(f"Resuming from {checkpoint}", file=sys.stderr)
+            logger.info("Resuming from %s", checkpoint)
         trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(str(output_dir))
     loss_curves(trainer.state.log_history, output_dir / "loss_curves.png")
@@ -176,7 +177,7 @@ def last_complete_checkpoint(output_dir: Path) -> str | None:
             json.loads(Path(checkpoint, "trainer_state.json").read_text())
             return checkpoint
         except (OSError, ValueError):  # missing, or cut short while being written
-            print(f"Removing {checkpoint}: a checkpoint cut short (no complete trainer_state.json)", file=sys.stderr)
+            logger.warning("Removing %s: a checkpoint cut short (no complete trainer_state.json)", checkpoint)
             shutil.rmtree(checkpoint)
     return None
 
@@ -184,19 +185,14 @@ def last_complete_checkpoint(output_dir: Path) -> str | None:
 def _check_resumable(output_dir: Path, checkpoint: str | None, model: PreTrainedModel, current: dict) -> None:
     """Refuse to continue a folder trained for another model or with other settings; record the settings of a new
     one (or of one whose earlier run stopped before producing anything) before anything else is written."""
-    path = output_dir / SETTINGS_FILE
     produced = checkpoint is not None or any((output_dir / name).exists()
                                              for name in (RESULTS_FILE, "adapter_model.safetensors"))
-    if path.is_file() and produced:
-        previous = json.loads(path.read_text())
-        changed = [key for key in ("model", "dtype", "fingerprint") if previous.get(key) != current[key]]
-        changed += [f"{key} ({previous['settings'].get(key)!r} -> {value!r})"
-                    for key, value in current["settings"].items() if previous["settings"].get(key) != value]
-        if changed:
-            raise ValueError(f"{output_dir} holds a tuning run with another model or settings ({', '.join(changed)}):"
-                             " use a new output folder, or delete this one to start over.")
-        return
-    if checkpoint is not None:  # a folder from a run that kept no settings file: at least the model must fit
-        check_adapter(model, checkpoint)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_json(path, current)
+    if checkpoint is not None and not (output_dir / SETTINGS_FILE).is_file():
+        check_adapter(model, checkpoint)  # a folder from a run that kept no settings file: at least the model fits
+    check_resumable(output_dir, SETTINGS_FILE, current, produced, _tuning_changes)
+
+
+def _tuning_changes(previous: dict, current: dict) -> list[str]:
+    changed = [key for key in ("model", "dtype", "fingerprint") if previous.get(key) != current[key]]
+    return changed + [f"{key} ({previous['settings'].get(key)!r} -> {value!r})"
+                      for key, value in current["settings"].items() if previous["settings"].get(key) != value]

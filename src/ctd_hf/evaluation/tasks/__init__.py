@@ -19,11 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import datasets
 import numpy as np
 
-from ...models import looks_like_path
-from ...records import load_json_records
+from ...sources import read_source
 
 SCORING = ("generation", "choice")
 
@@ -140,28 +138,12 @@ def get_task(name: str) -> Task:
 
 
 def read_rows(source: str, split: str, check: Callable[[Any], None] | None = None) -> list[dict]:
-    """A task's raw records from a JSON/JSONL file (gzip allowed), a folder written by ``datasets``' ``save_to_disk``
-    or a dataset name on the Hub (``split`` picks the split of the last two). ``check`` validates each record of a
-    file, naming the file and line of a bad one."""
-    path = Path(source).expanduser()
-    if path.is_file():
-        return load_json_records(path, check)
-    if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
-        loaded = datasets.load_from_disk(str(path))
-        if isinstance(loaded, datasets.DatasetDict):
-            if split not in loaded:
-                raise ValueError(f"{path} has splits {sorted(loaded)}, not {split!r}: set the task's `split` option.")
-            loaded = loaded[split]
-    elif path.exists() or looks_like_path(source):
-        raise FileNotFoundError(f"{path} is neither a JSON/JSONL file nor a `save_to_disk` folder."
-                                if path.exists() else f"{path} does not exist.")
-    else:
-        try:
-            loaded = datasets.load_dataset(source, split=split)
-        except Exception as error:  # the Hub's errors vary; say what was tried
-            raise ValueError(f"{source!r} is not a local file or folder, and loading it as a dataset name (split "
-                             f"{split!r}) failed ({type(error).__name__}: {error}).") from None
-    rows = loaded.to_list()
+    """A task's raw records from its data source (:func:`ctd_hf.sources.read_source`), each validated by
+    ``check``, which names the file and line (or the row) of a bad one."""
+    records = read_source(source, split, check)
+    if isinstance(records, list):  # a file, checked as it was read
+        return records
+    rows = records.to_list()
     for number, row in enumerate(rows if check else (), start=1):
         try:
             check(row)

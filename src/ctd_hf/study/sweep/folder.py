@@ -8,7 +8,7 @@ from pathlib import Path
 from ...decoding.methods import DecodingMethod
 from ...evaluation.runner import EvalSettings, run_evaluation
 from ...models import load_model_and_tokenizer, model_id
-from ...records import check_output_folder, write_json
+from ...records import check_output_folder, check_resumable, write_json
 from ...training.tuning import tune
 from ..tuning_data import tuning_data_path
 from .settings import SweepSettings, trial_id
@@ -27,17 +27,8 @@ class Sweep:
         """Refuse a folder swept with other settings; record ours (over those of an earlier run that stopped before
         producing anything)."""
         check_output_folder(self.root)
-        path, current = self.root / "sweep.json", self.settings.to_json()
         produced = (self.root / "baselines").exists() or (self.root / "trials").exists()
-        if path.is_file() and produced:
-            previous = json.loads(path.read_text())
-            if previous != current:
-                changed = sorted(k for k in current if previous.get(k) != current[k])
-                raise ValueError(f"{self.root} holds a sweep with other settings ({', '.join(changed)}): use a new "
-                                 "--output-dir, or delete it to start over.")
-        else:
-            self.root.mkdir(parents=True, exist_ok=True)
-            write_json(path, current)
+        check_resumable(self.root, "sweep.json", self.settings.to_json(), produced)
 
     def data_path(self, name: str) -> str:
         """The tuning data file of ``name`` (built on first use)."""
