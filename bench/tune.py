@@ -86,7 +86,7 @@ def _setup(args: argparse.Namespace):
 
     from ctd_hf import CTDConfig, CTDTrainer, RightPaddingCollator, add_soft_prefix, load_sft_data
     from ctd_hf import load_model_and_tokenizer, tokenize_sft
-    from ctd_hf.contrast import IGNORE_INDEX
+    from ctd_hf.formula import IGNORE_INDEX
 
     torch.set_num_threads(args.threads)
     transformers.set_seed(0)

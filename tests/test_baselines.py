@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import ctd_hf
 from ctd_hf import ContrastiveDecodingProcessor, InstructiveDecodingProcessor, noisy_instruction
-from ctd_hf.contrast import contrastive_decoding_scores
+from ctd_hf.formula import contrastive_decoding_scores
 from ctd_hf.decoding.noise import OPPOSITE, word_list
 
 from conftest import build_model

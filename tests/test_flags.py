@@ -65,7 +65,7 @@ def test_every_flag_comes_from_a_settings_field():
 @pytest.mark.parametrize("command", sorted(FLAGS))
 def test_defaults_are_the_fields_defaults(command):
     """Parsing only the required flags gives each settings dataclass its declared defaults."""
-    from ctd_hf.decoding.batch import GenerationSettings
+    from ctd_hf.decoding.answers import GenerationSettings
     from ctd_hf.evaluation.runner import EvalSettings
     from ctd_hf.study.sweep import SweepSettings, SweepSpace
     from ctd_hf.synthesis import SynthSettings

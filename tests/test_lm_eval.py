@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from conftest import build_model
 from ctd_hf import CTDContrast, InstructiveContrast, add_soft_prefix, generate_doubled, noisy_instruction
-from ctd_hf.contrast import contrastive_decoding_scores
+from ctd_hf.formula import contrastive_decoding_scores
 from ctd_hf.adapter import write_card
 
 lm_eval = pytest.importorskip("lm_eval")

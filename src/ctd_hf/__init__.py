@@ -16,8 +16,8 @@ from ._version import __version__
 # Public name -> module (relative to this package) that defines it.
 _EXPORTS = {
     # the one formula
-    "contrast_logits": "contrast",
-    "contrastive_loss": "contrast",
+    "contrast_logits": "formula",
+    "contrastive_loss": "formula",
     # models and prompts
     "DEFAULT_MODEL": "models",
     "default_model_dir": "models",
@@ -43,8 +43,8 @@ _EXPORTS = {
     "noisy_instruction": "decoding.noise",
     "METHODS": "decoding.methods",
     "DecodingMethod": "decoding.methods",
-    "generate_answers": "decoding.batch",
-    "GenerationSettings": "decoding.batch",
+    "generate_answers": "decoding.answers",
+    "GenerationSettings": "decoding.answers",
     "custom_generate": "integrations.custom_generate",
     # the saved adapter format, which training writes and decoding reads
     "AdapterMismatchError": "adapter",

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ._version import __version__
-from .decoding.batch import GenerationSettings, generate_answers
+from .decoding.answers import GenerationSettings, generate_answers
 from .decoding.methods import DecodingMethod
 from .distributed import process_state
 from .models import fingerprint

@@ -11,7 +11,7 @@ from pathlib import Path
 import transformers
 from tqdm.auto import tqdm
 
-from ..decoding.batch import GenerationSettings, check_prompt_lengths, generate_answers
+from ..decoding.answers import GenerationSettings, check_prompt_lengths, generate_answers
 from ..decoding.methods import METHODS
 from ..models import load_model_and_tokenizer
 from ..prompts import prompt_format_setting

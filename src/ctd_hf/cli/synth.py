@@ -10,7 +10,7 @@ from pathlib import Path
 
 import datasets
 
-from ..decoding.batch import GenerationSettings, check_prompt_lengths
+from ..decoding.answers import GenerationSettings, check_prompt_lengths
 from ..decoding.methods import METHODS
 from ..distributed import process_state
 from ..models import load_model_and_tokenizer

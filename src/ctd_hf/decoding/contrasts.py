@@ -18,7 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .._compat import adapter_layers_enabled
 from ..adapter import resolve_prefix
-from ..contrast import contrast_logits, contrastive_decoding_scores
+from ..formula import contrast_logits, contrastive_decoding_scores
 from ..settings import check_value, contrast_strength, positive_number, unit_interval
 from .layout import check_left_padded, insert_prefix
 
@@ -82,18 +82,18 @@ class Contrast(ABC):
         made by ``num_beams`` / ``num_return_sequences`` included).
         """
 
-    def combine(self, scores: torch.Tensor, contrast: torch.Tensor) -> torch.Tensor:
+    def combine(self, scores: torch.Tensor, second_logits: torch.Tensor) -> torch.Tensor:
         """The processed scores, ``log_softmax(z - strength * z~)``: normalised so that beam search adds up
         log-probabilities of the contrasted distribution; greedy and sampling do not see the normalisation."""
-        return F.log_softmax(contrast_logits(scores, contrast, self.strength), dim=-1)
+        return F.log_softmax(contrast_logits(scores, second_logits, self.strength), dim=-1)
 
-    def contrasted_scores(self, scores: torch.Tensor, contrast: torch.Tensor) -> torch.Tensor:
+    def contrasted_scores(self, scores: torch.Tensor, second_logits: torch.Tensor) -> torch.Tensor:
         """:meth:`combine`, refusing a row without any finite score: it would decode token 0 without a word."""
-        combined = self.combine(scores, contrast)
+        combined = self.combine(scores, second_logits)
         if not torch.isfinite(combined.max(dim=-1).values).all():
             raise ValueError(
                 f"{type(self).__name__} produced scores that are NaN or -inf for every token (strength "
-                f"{self.strength}; max |z~| {contrast.abs().max().item():.3g}). The strength overflows the scores, or "
+                f"{self.strength}; max |z~| {second_logits.abs().max().item():.3g}). The strength overflows the scores, or "
                 "the model or prefix produce non-finite logits: lower the strength or check the prefix and model."
             )
         return combined
@@ -278,10 +278,10 @@ class ContrastiveDecodingContrast(Contrast):
     def second_view(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
-    def combine(self, scores: torch.Tensor, contrast: torch.Tensor) -> torch.Tensor:
+    def combine(self, scores: torch.Tensor, second_logits: torch.Tensor) -> torch.Tensor:
         vocab = self.vocab_size
         expert = F.log_softmax(scores[..., :vocab].float(), dim=-1)
-        amateur = F.log_softmax(contrast[..., :vocab].float() / self.amateur_temperature, dim=-1)
+        amateur = F.log_softmax(second_logits[..., :vocab].float() / self.amateur_temperature, dim=-1)
         combined = contrastive_decoding_scores(expert, amateur, self.alpha, self.strength)
         return F.pad(combined, (0, scores.shape[-1] - vocab), value=float("-inf"))
 

@@ -131,10 +131,10 @@ class DoubledBatch(LogitsProcessor):
                 f"The doubled executor's hooks on {type(self.model).__name__} saw no forward for this step: generate() "
                 "ran another module (a wrapper such as a PeftModel?). Pass the model the contrast was built for."
             )
-        contrast, self.pending = self.pending.to(scores.device), None
+        second_logits, self.pending = self.pending.to(scores.device), None
         if self.record is not None:
             self.record.add(scores)
-        return self.contrast.contrasted_scores(scores, contrast)
+        return self.contrast.contrasted_scores(scores, second_logits)
 
 
 def with_contrast(processors: LogitsProcessorList | list, contrast: LogitsProcessor) -> LogitsProcessorList:

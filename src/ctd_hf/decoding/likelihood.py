@@ -51,33 +51,33 @@ def continuation_log_probs(
         raise ValueError("Every context and continuation needs at least one token (start an empty context with the "
                          "BOS token).")
     device = contrast.model.device
-    context_ids, context_mask = _right_padded(contexts, device)
+    context_ids, context_mask = _padded(contexts, device)
     context_ids, context_mask = _left_aligned(context_ids, context_mask)
     # Fed after the context: all continuation tokens but the last, which is only predicted.
-    tails = _right_padded([tokens[:-1] for tokens in continuations], device)
+    tails = _padded([tokens[:-1] for tokens in continuations], device)
     width = max(len(tokens) for tokens in continuations)
     original = _logits(contrast.model, {"input_ids": context_ids, "attention_mask": context_mask}, tails, width)
     second = _logits(contrast.contrast_model, contrast.second_view(context_ids, context_mask), tails, width)
     scores = contrast.combine(original, second.to(original.device))  # (batch, width, vocab)
     # Every row ends with its continuation, so row i's scores are its last len(continuations[i]) positions.
-    targets, valid = _right_padded(continuations, device, align="right")
+    targets, valid = _padded(continuations, device, side="left")
     log_probs = scores.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     greedy = ((scores.argmax(dim=-1) == targets) | (valid == 0)).all(dim=1)
     return [ContinuationScore(row[width - len(tokens):].cpu(), bool(ok))
             for row, tokens, ok in zip(log_probs, continuations, greedy)]
 
 
-def _right_padded(
-    rows: Sequence[Sequence[int]], device: torch.device, align: str = "left"
+def _padded(
+    rows: Sequence[Sequence[int]], device: torch.device, side: str = "right"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token id lists as a ``(rows, longest)`` tensor and mask; ``align="right"`` pads on the left instead. The pad
-    id is 0: padded positions are masked and never scored."""
+    """Token id lists as a ``(rows, longest)`` tensor and mask, padded on ``side``. The pad id is 0: padded
+    positions are masked and never scored."""
     width = max(len(row) for row in rows)
     ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)
     mask = torch.zeros_like(ids)
     for index, row in enumerate(rows):
         if row:
-            place = slice(width - len(row), width) if align == "right" else slice(0, len(row))
+            place = slice(width - len(row), width) if side == "left" else slice(0, len(row))
             ids[index, place] = torch.as_tensor(list(row), device=device)
             mask[index, place] = 1
     return ids, mask

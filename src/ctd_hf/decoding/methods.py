@@ -1,7 +1,8 @@
-"""Decoding methods by name (``od``, ``id``, ``cd``, ``ctd``): the registry the CLI, synthesis and evaluation share.
+"""Decoding methods by name (``od``, ``id``, ``cd``, ``ctd``): one specification shared by the CLI, evaluation,
+synthesis and the lm-eval model.
 
-A :class:`DecodingMethod` is a specification: which contrast, with which settings, on which executor. It builds the
-:class:`~ctd_hf.Contrast` for a batch of chat messages; :mod:`ctd_hf.decoding.batch` runs it.
+A :class:`DecodingMethod` says which contrast, with which settings, on which executor; :meth:`DecodingMethod.contrast`
+is the one place it becomes a :class:`~ctd_hf.Contrast`. :mod:`ctd_hf.decoding.answers` runs it on chat messages.
 """
 
 from __future__ import annotations

@@ -158,10 +158,10 @@ class ContrastProcessor(LogitsProcessor):
             self._prompt = {"attention_mask": torch.ones_like(input_ids) if mask is None else mask}
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        contrast = self._advance(input_ids).to(scores.device)
+        second_logits = self._advance(input_ids).to(scores.device)
         if self.record is not None:
             self.record.add(scores)
-        return self.contrast.contrasted_scores(scores, contrast)
+        return self.contrast.contrasted_scores(scores, second_logits)
 
     def _advance(self, input_ids: torch.Tensor) -> torch.Tensor:
         name = type(self).__name__

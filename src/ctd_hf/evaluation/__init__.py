@@ -1,2 +1,3 @@
-"""Evaluation: benchmarks as declared tasks (``tasks``), the resumable runner (``runner``), metrics and scoring
-(``metrics``, ``scoring``), token-change analysis (``analysis``) and reports (``report``, ``plots``)."""
+"""Evaluation: benchmarks as declared tasks with their per-instance scorers (``tasks``), the resumable runner and its
+``EvalSettings`` (``runner``), offline metric modules (``metrics``, loaded by ``scoring``), paired statistics
+(``statistics``), token-change analysis (``analysis``) and reports (``report``)."""

@@ -18,10 +18,10 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..decoding.batch import generate_for_messages
+from ..decoding.answers import generate_for_messages
 from ..decoding.methods import DecodingMethod
 from ..decoding.recording import OriginalPredictions
-from ..decoding.batch import check_prompt_lengths
+from ..decoding.answers import check_prompt_lengths
 from ..distributed import process_state
 from ..models import fingerprint
 from ..prompts import encode_prompt, format_prompt, prompt_format_setting

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..decoding.batch import generate_answers
+from ..decoding.answers import generate_answers
 from ..evaluation.tasks import get_task
 from ..models import load_model_and_tokenizer
 from ..records import append_records, load_json_records, read_records, write_json, write_text

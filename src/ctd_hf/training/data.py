@@ -12,7 +12,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from transformers import PreTrainedTokenizerBase
 
-from ..contrast import IGNORE_INDEX
+from ..formula import IGNORE_INDEX
 from ..prompts import encode_prompt, format_completion, format_prompt
 from ..sources import read_source
 from ..settings import check_value, unit_interval

@@ -13,7 +13,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
 from transformers.trainer_pt_utils import nested_gather
 
 from ..adapter import write_card
-from ..contrast import IGNORE_INDEX, contrastive_token_loss, label_positions, token_loss
+from ..formula import IGNORE_INDEX, contrastive_token_loss, label_positions, token_loss
 from ..models import load_model_and_tokenizer, model_id
 from .config import CTDConfig
 from .data import RightPaddingCollator, load_sft_data, tokenize_sft

@@ -15,15 +15,15 @@ IGNORE_INDEX = -100
 
 
 def contrast_logits(
-    logits: torch.Tensor, contrast: torch.Tensor, strength: float, inplace: bool = False
+    logits: torch.Tensor, second_logits: torch.Tensor, strength: float, inplace: bool = False
 ) -> torch.Tensor:
     """Contrasted scores ``s = z - strength * z~``.
 
     Args:
         logits: ``z``, logits of the original model, shape ``(..., vocab)``.
-        contrast: ``z~``, logits of the contrast stream on the same tokens, same shape.
+        second_logits: ``z~``, logits of the second view (the prefixed model, the noisy prompt or the amateur) on the same tokens, same shape.
         strength: ``alpha`` in training, ``beta`` in decoding.
-        inplace: overwrite both inputs instead of allocating two new ``(..., vocab)`` tensors: ``contrast`` becomes
+        inplace: overwrite both inputs instead of allocating two new ``(..., vocab)`` tensors: ``second_logits`` becomes
             ``strength * z~`` and ``logits`` the result, bit for bit what the out-of-place form returns. Only for
             scratch tensors the caller owns and no longer needs (the training loss gathers its own copies); ignored
             when the two dtypes differ.
@@ -33,30 +33,31 @@ def contrast_logits(
         >>> contrast_logits(torch.tensor([2.0, 1.0]), torch.tensor([1.0, 3.0]), 0.5)
         tensor([ 1.5000, -0.5000])
     """
-    if logits.shape != contrast.shape:
-        raise ValueError(f"Logits of shape {tuple(logits.shape)} cannot be contrasted with {tuple(contrast.shape)}.")
-    if inplace and logits.dtype == contrast.dtype:
-        return logits.sub_(contrast.mul_(strength))
-    return logits - strength * contrast
+    if logits.shape != second_logits.shape:
+        raise ValueError(f"Logits of shape {tuple(logits.shape)} cannot be contrasted with "
+                         f"{tuple(second_logits.shape)}.")
+    if inplace and logits.dtype == second_logits.dtype:
+        return logits.sub_(second_logits.mul_(strength))
+    return logits - strength * second_logits
 
 
 def contrastive_loss(
     logits: torch.Tensor,
-    contrast: torch.Tensor,
+    second_logits: torch.Tensor,
     labels: torch.Tensor,
     alpha: float,
     num_items_in_batch: torch.Tensor | int | None = None,
 ) -> torch.Tensor:
     """Cross-entropy of ``softmax(z - alpha * z~)`` against next-token labels.
 
-    ``logits`` and ``contrast`` are ``(batch, seq, vocab)`` and aligned with ``labels`` ``(batch, seq)`` as a causal
+    ``logits`` and ``second_logits`` are ``(batch, seq, vocab)`` and aligned with ``labels`` ``(batch, seq)`` as a causal
     LM's outputs are: position ``t`` predicts ``labels[:, t + 1]``. Labels equal to -100 are ignored. The loss is the
     summed token loss divided by ``num_items_in_batch`` when given (the Trainer's count over the whole accumulated
     batch, so gradient accumulation matches the large batch), else by the number of label tokens here. Only label
     positions are contrasted, which keeps the extra memory to the response tokens.
     """
     keep = label_positions(labels)
-    return contrastive_token_loss(logits[:, :-1][keep], contrast[:, :-1][keep], labels[:, 1:][keep], alpha,
+    return contrastive_token_loss(logits[:, :-1][keep], second_logits[:, :-1][keep], labels[:, 1:][keep], alpha,
                                   num_items_in_batch)
 
 
@@ -67,20 +68,20 @@ def label_positions(labels: torch.Tensor) -> torch.Tensor:
 
 def contrastive_token_loss(
     logits: torch.Tensor,
-    contrast: torch.Tensor,
+    second_logits: torch.Tensor,
     targets: torch.Tensor,
     alpha: float,
     num_items_in_batch: torch.Tensor | int | None = None,
 ) -> torch.Tensor:
     """:func:`contrastive_loss` on rows already gathered at the label positions.
 
-    ``logits`` and ``contrast`` are ``z`` and ``z~`` as ``(tokens, vocab)`` (``x[:, :-1][keep]`` with
+    ``logits`` and ``second_logits`` are ``z`` and ``z~`` as ``(tokens, vocab)`` (``x[:, :-1][keep]`` with
     ``keep = label_positions(labels)``), ``targets`` the ``(tokens,)`` labels ``labels[:, 1:][keep]``.
 
-    It works in place: ``logits`` and ``contrast`` are overwritten (pass the copies that boolean indexing returns), so
+    It works in place: ``logits`` and ``second_logits`` are overwritten (pass the copies that boolean indexing returns), so
     the loss allocates no ``(tokens, vocab)`` buffer beyond the log-softmax that cross-entropy keeps for backward.
     """
-    return token_loss(contrast_logits(logits, contrast, alpha, inplace=True), targets, num_items_in_batch)
+    return token_loss(contrast_logits(logits, second_logits, alpha, inplace=True), targets, num_items_in_batch)
 
 
 def token_loss(
