@@ -20,6 +20,7 @@ from transformers import PreTrainedModel
 
 from ._version import __version__
 from .models import model_id
+from .records import write_json
 
 CARD_NAME = "ctd_hf.json"
 
@@ -38,7 +39,7 @@ def write_card(path: str | Path, model: PeftModel, **extra: Any) -> None:
         "ctd_hf_version": __version__,
         **extra,
     }
-    Path(path, CARD_NAME).write_text(json.dumps(card, indent=2) + "\n")
+    write_json(Path(path, CARD_NAME), card)
 
 
 def read_card(path: str | Path) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -16,6 +18,15 @@ def _figure(width: float, height: float, columns: int = 1, rows: int = 1):
     return figure, figure.subplots(rows, columns, squeeze=False).ravel()
 
 
+def _save(figure: Any, path: str | Path) -> None:
+    """Write the PNG atomically (a temporary name, then a rename), like every file the package writes."""
+    figure.tight_layout()
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    figure.savefig(partial, dpi=110, format="png")
+    os.replace(partial, path)
+
+
 def grouped_bars(path: str | Path, labels: list[str], series: dict[str, list[float]], ylabel: str, title: str) -> None:
     """One group of bars per label, one bar per series (e.g. per method)."""
     width = 0.8 / max(len(series), 1)
@@ -26,8 +37,7 @@ def grouped_bars(path: str | Path, labels: list[str], series: dict[str, list[flo
     axis.set_ylabel(ylabel)
     axis.set_title(title)
     axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    _save(figure, path)
 
 
 def token_change_histograms(records_by_method: dict[str, list[dict]], path: str | Path, bins: np.ndarray) -> None:
@@ -45,8 +55,7 @@ def token_change_histograms(records_by_method: dict[str, list[dict]], path: str 
         axis.set_xlabel("original model's max probability")
         axis.set_ylabel("density")
         axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    _save(figure, path)
 
 
 def loss_curves(log_history: list[dict], path: str | Path) -> None:
@@ -65,8 +74,7 @@ def loss_curves(log_history: list[dict], path: str | Path) -> None:
     gap.set_xlabel("step")
     gap.set_ylabel("contrastive - original")
     gap.set_title("below 0: the adapter is learning")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    _save(figure, path)
 
 
 def knob_panels(path: str | Path, rows: list[dict], knobs: list[str], baselines: dict[str, float], ylabel: str) -> None:
@@ -88,5 +96,4 @@ def knob_panels(path: str | Path, rows: list[dict], knobs: list[str], baselines:
         axis.set_ylabel(ylabel, fontsize=8)
     for axis in grid[len(knobs):]:
         axis.set_visible(False)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    _save(figure, path)

@@ -8,7 +8,7 @@ from typing import Any
 
 from .._version import __version__
 from ..plots import token_change_histograms
-from ..records import write_json
+from ..records import write_json, write_text
 from .analysis import BINS, token_changes
 from .statistics import RESAMPLES, task_statistics
 from .tasks import ScoreContext, get_task
@@ -66,7 +66,7 @@ def build_report(
             task.plot(result, output_dir)
         report["benchmarks"][name] = result
     write_json(output_dir / "report.json", report)
-    (output_dir / "report.md").write_text(markdown_report(report))
+    write_text(output_dir / "report.md", markdown_report(report))
     return report
 
 

@@ -26,6 +26,7 @@ from peft import PeftConfig
 
 from .._version import __version__
 from ..adapter import CARD_NAME, AdapterMismatchError, read_card
+from ..records import write_text
 from ..settings import check_value, contrast_strength
 
 FOLDER = "custom_generate"
@@ -104,10 +105,10 @@ def export_custom_generate(prefix_dir: str | Path, beta: float = 0.3) -> Path:
     files = "".join(_embedded(prefix_dir / name) for name in PREFIX_FILES if (prefix_dir / name).is_file())
     folder = prefix_dir / FOLDER
     folder.mkdir(exist_ok=True)
-    (folder / "generate.py").write_text(_GENERATE.format(version=__version__, beta=beta, files=files))
+    write_text(folder / "generate.py", _GENERATE.format(version=__version__, beta=beta, files=files))
     # Unversioned: transformers compares it with the installed metadata, which an editable checkout may leave stale;
     # an older ctd_hf fails at `from ctd_hf import custom_generate`, naming the missing function.
-    (folder / "requirements.txt").write_text("ctd_hf\n")
+    write_text(folder / "requirements.txt", "ctd_hf\n")
     _write_card(prefix_dir, beta, read_card(prefix_dir).get("base_model") or "unknown")
     return folder
 
@@ -127,4 +128,4 @@ def _write_card(prefix_dir: Path, beta: float, base_model: str) -> None:
     usage = _USAGE.format(start=_CARD_START, end=_CARD_END, version=__version__, beta=beta, base_model=base_model)
     previous = re.compile(f"{re.escape(_CARD_START)}.*?{re.escape(_CARD_END)}\n*", re.DOTALL)
     card.text = f"\n{usage}\n\n{previous.sub('', card.text).lstrip()}"
-    card.save(path)
+    write_text(path, str(card))

@@ -3,10 +3,10 @@ an API and stays the user's step), with length statistics."""
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass
 
+from ...records import write_json
 from ...resources import resource_path
 from ...settings import check_settings, positive_int, setting
 from . import ScoreContext, Task, check_fields, metric_table, read_rows, register_task
@@ -50,7 +50,7 @@ def score_alpacaeval(items: list[dict], predictions: dict[str, list[str]], conte
                     "generator": f"{context.model_name}-{name}", "dataset": i["group"]}
                    for i, answer in zip(items, answers)]
         path = context.output_dir / f"alpaca_eval_{name}.json"
-        path.write_text(json.dumps(outputs, indent=2, ensure_ascii=False) + "\n")
+        write_json(path, outputs)
         words = [len(o["output"].split()) for o in outputs]
         result[name] = {"file": path.name, "mean_words": statistics.mean(words),
                         "median_words": statistics.median(words), "empty": sum(w == 0 for w in words)}
