@@ -61,6 +61,8 @@ class EvalSettings:
 
     def __post_init__(self) -> None:
         check_settings(self)
+        if isinstance(self.max_new_tokens, int):  # one budget for every task, recorded per task
+            self.max_new_tokens = {name: self.max_new_tokens for name in self.benchmarks}
 
     def task_options(self, task: Task) -> Any:
         """``task``'s options as its options dataclass."""
@@ -70,9 +72,7 @@ class EvalSettings:
         """The new-token budget of ``task`` (1 for choice scoring, which reads the first step)."""
         if task.scoring == "choice":
             return 1
-        if isinstance(self.max_new_tokens, dict):
-            return self.max_new_tokens.get(task.name, task.max_new_tokens)
-        return self.max_new_tokens
+        return self.max_new_tokens.get(task.name, task.max_new_tokens)
 
 
 def truncate_message(message: dict, tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> dict:

