@@ -14,13 +14,12 @@ pytestmark = pytest.mark.filterwarnings(JIT_DEPRECATION)
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", "`torch.jit.script_method` is deprecated", DeprecationWarning)
     pytest.importorskip("vllm")
-    import vllm.v1.worker.ubatch_utils  # noqa: F401  (the import that reaches it)
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+    from vllm.sampling_params import BeamSearchParams
 
 import torch  # noqa: E402
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
-from vllm import SamplingParams  # noqa: E402
-from vllm.inputs import TokensPrompt  # noqa: E402
-from vllm.sampling_params import BeamSearchParams  # noqa: E402
 
 from conftest import build_model, build_tokenizer  # noqa: E402
 from ctd_hf import DecodingMethod, format_prompt, generate_doubled  # noqa: E402

@@ -30,6 +30,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,15 +45,17 @@ from ..decoding.contrasts import decoding_model
 from ..decoding.methods import DecodingMethod
 from ..formula import contrast_logits
 
-try:
-    from vllm import LLM, SamplingParams
-    from vllm.inputs import EmbedsPrompt, TokensPrompt
-    from vllm.outputs import RequestOutput
-    from vllm.sampling_params import BeamSearchParams
-    from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
-except ImportError:  # every ctd_hf module imports without vLLM; VLLMEngine says what to install
-    LLM = None
-    LogitsProcessor = object
+with warnings.catch_warnings():  # vLLM's imports reach torch.jit.script_method, which torch itself deprecated
+    warnings.filterwarnings("ignore", "`torch.jit.script_method` is deprecated", DeprecationWarning)
+    try:
+        from vllm import LLM, SamplingParams
+        from vllm.inputs import EmbedsPrompt, TokensPrompt
+        from vllm.outputs import RequestOutput
+        from vllm.sampling_params import BeamSearchParams
+        from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
+    except ImportError:  # every ctd_hf module imports without vLLM; VLLMEngine says what to install
+        LLM = None
+        LogitsProcessor = object
 
 TAG = "ctd_hf"  # the key of a paired request's settings in SamplingParams.extra_args
 MAIN, CONTRAST = "main", "contrast"
