@@ -110,3 +110,20 @@ def test_generate_cli_baselines(tiny_model_dir, capsys, method, extra):
     assert records[0]["strength"] == (1.0 if method == "cd" else 0.3)
     assert "needs" in cli_error(capsys, ["generate", "--model", str(tiny_model_dir), "--method", "ctd",
                                          "--prompt", "Hi"])
+
+
+def test_progress_is_shown_once_when_the_root_logger_has_a_handler(capsys):
+    """rouge_score imports absl, which puts a handler on the root logger: the CLI's progress lines must not repeat."""
+    import logging
+    import sys
+
+    from ctd_hf.cli import _show_progress
+
+    root = logging.StreamHandler(sys.stderr)
+    logging.getLogger().addHandler(root)
+    try:
+        _show_progress()
+        logging.getLogger("ctd_hf.study.demo").info("[1/3] a phase")
+    finally:
+        logging.getLogger().removeHandler(root)
+    assert capsys.readouterr().err.count("[1/3] a phase") == 1

@@ -86,3 +86,4 @@ def _show_progress() -> None:
     if not any(isinstance(handler, _StderrHandler) for handler in logger.handlers):
         logger.addHandler(_StderrHandler())
         logger.setLevel(logging.INFO)
+        logger.propagate = False  # a library that configures the root logger (absl, via rouge_score) would repeat it
