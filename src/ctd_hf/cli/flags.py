@@ -67,7 +67,6 @@ def add_flags(
     rename: dict[str, str] | None = None,
     prefix: str = "",
     dest_prefix: str = "",
-    defaults: dict[str, Any] | None = None,
     absent: bool = False,
 ) -> None:
     """Add a flag for each declared field of the dataclass ``settings`` (only ``names`` if given), recording in
@@ -75,8 +74,7 @@ def add_flags(
 
     ``rename`` gives a field another flag (e.g. ``model`` -> ``--expert``); ``prefix`` goes before every flag name
     and ``dest_prefix`` before every destination (a task's options: ``--superni-tasks`` -> ``superni:tasks``);
-    ``defaults`` replace the dataclass's; ``absent`` leaves unset flags out of the namespace (the dataclass default
-    then holds).
+    ``absent`` leaves unset flags out of the namespace (the dataclass default then holds).
     """
     hints = typing.get_type_hints(settings)
     chosen = None if names is None else set(names)
@@ -93,19 +91,13 @@ def add_flags(
             if spellings is None:
                 main = (rename or {}).get(field.name) or meta.get("flag") or f"--{prefix}{field.name.replace('_', '-')}"
                 spellings = (main, *meta.get("aliases", ()))
-            if defaults is not None and field.name in defaults:
-                default = defaults[field.name]
-            elif per_method or absent:
-                default = argparse.SUPPRESS if absent else None
-            else:
-                default = field.default if field.default is not dataclasses.MISSING else (
-                    field.default_factory() if field.default_factory is not dataclasses.MISSING else None)
+            declared = _default(field)
+            # Per-method flags default to None (the method's own default); absent flags stay out of the namespace.
+            default = argparse.SUPPRESS if absent else None if per_method else declared
             help_text = method_help or meta["help"]
-            declared = default if default is not argparse.SUPPRESS else field.default
-            if declared not in (None, dataclasses.MISSING, (), {}) and kind is not bool and "default" not in help_text:
+            if declared not in (None, (), {}) and kind is not bool and "default" not in help_text:
                 help_text += f" (default: {','.join(map(str, declared)) if many else declared})"
-            required = default is None and field.default is dataclasses.MISSING and field.default_factory is \
-                dataclasses.MISSING
+            required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
             if meta.get("positional"):
                 parser.add_argument(dest, type=_parser(field.name, kind, many, check, choices), help=help_text)
             elif meta.get("repeat"):
@@ -123,9 +115,14 @@ def add_flags(
             flags[dest] = field.name if meta.get("positional") else spellings[0]
 
 
-def values(args: argparse.Namespace, settings: type, names: Iterable[str] | None = None) -> dict[str, Any]:
-    """The parsed values of ``settings``' fields (only ``names`` if given) present in ``args``."""
-    chosen = None if names is None else set(names)
+def _default(field: dataclasses.Field) -> Any:
+    """The field's default (None when it has none: the flag is then required)."""
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    return field.default_factory() if field.default_factory is not dataclasses.MISSING else None
+
+
+def values(args: argparse.Namespace, settings: type) -> dict[str, Any]:
+    """The parsed values of ``settings``' fields present in ``args``."""
     parsed = vars(args)
-    return {field.name: parsed[field.name] for field in dataclasses.fields(settings)
-            if field.name in parsed and (chosen is None or field.name in chosen)}
+    return {field.name: parsed[field.name] for field in dataclasses.fields(settings) if field.name in parsed}
