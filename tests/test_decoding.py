@@ -288,3 +288,19 @@ def test_executors_declare_they_cannot_serve_continuous_batching():
     from ctd_hf.decoding.doubled import DoubledBatch
 
     assert ContrastProcessor.supports_continuous_batching is False and DoubledBatch.supports_continuous_batching is False
+
+
+def test_a_method_builds_its_fixed_contrast_once_per_model(left_tokenizer):
+    """CTD's and CD's contrasts hold no per-batch state: one per model, not one per batch (CD's construction compares
+    two vocabularies); another model gets its own, and ID's (per-batch noisy prompts) is new every time."""
+    model, other = build_model(len(left_tokenizer)), build_model(len(left_tokenizer), seed=1)
+    hidden = model.config.hidden_size
+    ctd = ctd_hf.DecodingMethod("ctd", prefix=torch.randn(3, hidden))
+    first = ctd.contrast(model, left_tokenizer)
+    assert ctd.contrast(model, left_tokenizer) is first
+    assert ctd.contrast(other, left_tokenizer) is not first
+    cd = ctd_hf.DecodingMethod("cd", amateur=other)
+    assert cd.contrast(model, left_tokenizer) is cd.contrast(model, left_tokenizer)
+    noisy = (torch.tensor([[1, 5]]), torch.ones(1, 2, dtype=torch.long))
+    instructive = ctd_hf.DecodingMethod("id")
+    assert instructive.contrast(model, left_tokenizer, noisy) is not instructive.contrast(model, left_tokenizer, noisy)

@@ -44,8 +44,11 @@ class EvalCommand:
 
     def specs(self) -> dict[str, tuple[str, float | None]]:
         """Report label -> (method, strength or None for the flags' value)."""
-        return {spec: (spec.partition("@")[0], float(spec.partition("@")[2]) if "@" in spec else None)
-                for spec in self.methods}
+        specs = {}
+        for spec in self.methods:
+            name, at, value = spec.partition("@")
+            specs[spec] = (name, float(value) if at else None)
+        return specs
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -38,7 +38,8 @@ class GenerateCommand:
     def __post_init__(self) -> None:
         check_settings(self)
         if (self.prompt is None) == (self.prompts_file is None):
-            raise SettingError("prompt", "or `prompts_file` gives the prompts: pass exactly one of them.")
+            raise SettingError("prompt", "is one way to give the prompts and `prompts_file` the other: pass exactly one "
+                                         "of them.")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -59,6 +59,7 @@ class DecodingMethod:
     path: InitVar[str | None] = None  # deprecated name of `backend`
     _prefix_tensor: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
     _amateur_tokenizer: PreTrainedTokenizerBase | None = field(default=None, init=False, repr=False, compare=False)
+    _built: tuple[PreTrainedModel, Contrast] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self, path: str | None) -> None:
         if path is not None:
@@ -143,12 +144,17 @@ class DecodingMethod:
             if noisy is None:
                 raise ValueError("Instructive Decoding contrasts with the batch's noisy prompts: pass `noisy`.")
             return InstructiveContrast(model, *noisy, strength=self.strength)
-        self._read(model, tokenizer)
-        if self.name == "ctd":
-            return CTDContrast(model, self._prefix_tensor, self.strength)
-        return ContrastiveDecodingContrast(model, self.amateur, self.plausibility, self.strength,
-                                           self.amateur_temperature, tokenizer=tokenizer,
-                                           amateur_tokenizer=self._amateur_tokenizer)
+        # CTD's and CD's contrasts hold no per-batch state: built once per model (CD's compares two vocabularies).
+        if self._built is None or self._built[0] is not model:
+            self._read(model, tokenizer)
+            if self.name == "ctd":
+                built = CTDContrast(model, self._prefix_tensor, self.strength)
+            else:
+                built = ContrastiveDecodingContrast(model, self.amateur, self.plausibility, self.strength,
+                                                    self.amateur_temperature, tokenizer=tokenizer,
+                                                    amateur_tokenizer=self._amateur_tokenizer)
+            self._built = (model, built)
+        return self._built[1]
 
     def noisy_prompts(
         self, tokenizer: PreTrainedTokenizerBase, messages: list[dict], prompt_format: str, device: Any = None
