@@ -6,9 +6,11 @@ wrong answer without a word.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import warnings
+from types import SimpleNamespace
 
 import datasets
 import pytest
@@ -361,6 +363,21 @@ def test_evaluation_prompts_longer_than_the_model(model, tok, tmp_path):
     assert not (tmp_path / "eval_settings.json").exists()
 
 
+def test_evaluation_refuses_choice_tasks_on_another_engine(model, tok, tmp_path):
+    """MMLU is scored from the first step's logits, which the vLLM engine does not return; refused before writing."""
+    with expect(ValueError, "mmlu scores the first step's logits", "vllm engine", "hf engine"):
+        run_evaluation(model, tok, {"od": DecodingMethod("od")}, EvalSettings(benchmarks=("superni", "mmlu")),
+                       tmp_path, "tiny", engine=SimpleNamespace(name="vllm"))
+    assert not (tmp_path / "eval_settings.json").exists()
+
+
+def test_vllm_engine_without_vllm_names_the_install(capsys, tiny_model_dir):
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    error = cli_error(capsys, ["generate", "--model", str(tiny_model_dir), "--prompt", "Hi", "--engine", "vllm"])
+    assert 'pip install "ctd_hf[vllm]"' in error
+
+
 # ----------------------------------------------------------------------------------------------------------- CLI
 @pytest.mark.parametrize("argv, words", [
     (["generate", "--prompt", "Hi", "--batch-size", "0"], ("--batch-size", ">= 1")),
@@ -371,6 +388,8 @@ def test_evaluation_prompts_longer_than_the_model(model, tok, tmp_path):
     (["eval", "--output-dir", "x", "--benchmarks", " , "], ("--benchmarks", "at least one")),
     (["tune", "--output-dir", "x", "--fraction", "0"], ("--fraction", r"\(0, 1\]")),
     (["tune", "--output-dir", "x", "--lr", "nan"], ("--lr", "finite")),
+    (["generate", "--prompt", "Hi", "--engine", "vllm", "--vllm-max-num-seqs", "3"], ("--vllm-max-num-seqs", "even")),
+    (["eval", "--output-dir", "x", "--engine", "sglang"], ("--engine", "choose one of hf, vllm")),
 ])
 def test_cli_values_refused_by_the_parser(capsys, argv, words):
     with pytest.raises(SystemExit) as exit_info:
@@ -406,6 +425,7 @@ def test_cli_output_dir_that_is_a_file(capsys, tmp_path):
     (["generate", "--prompts-file", "MISSING.txt"], ("MISSING.txt", "does not exist")),
     (["generate", "--model", "./no-such-model", "--prompt", "Hi"], ("no-such-model", "does not exist")),
     (["tune", "--output-dir", "OUT", "--init", "text"], ("init_text", "init")),
+    (["generate", "--prompt", "Hi", "--vllm-memory", "0.2"], ("--vllm-memory", "vllm engine only", "--engine vllm")),
 ])
 def test_cli_errors_are_one_clear_line(capsys, tmp_path, argv, words):
     argv = [str(tmp_path / value) if value in ("OUT", "P", "MISSING.txt") else value for value in argv]

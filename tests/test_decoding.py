@@ -287,7 +287,8 @@ def test_executors_declare_they_cannot_serve_continuous_batching():
     mixes requests in one batch, must refuse them, as it refuses its own stateful processors."""
     from ctd_hf.decoding.doubled import DoubledBatch
 
-    assert ContrastProcessor.supports_continuous_batching is False and DoubledBatch.supports_continuous_batching is False
+    assert ContrastProcessor.supports_continuous_batching is False
+    assert DoubledBatch.supports_continuous_batching is False
 
 
 def test_a_method_builds_its_fixed_contrast_once_per_model(left_tokenizer):

@@ -12,7 +12,9 @@ from ctd_hf.cli import build_parser
 from ctd_hf.cli.flags import values
 from ctd_hf.settings import SettingError
 
-# Every flag of 0.2 (kept), plus the names generated from the fields where 0.2 spelled them otherwise (--lr).
+# Every flag of 0.2 (kept), plus the names generated from the fields where 0.2 spelled them otherwise (--lr), plus
+# the engine's (0.3).
+ENGINE = " --engine --vllm-max-model-len --vllm-max-num-seqs --vllm-memory"
 FLAGS = {
     "demo": "--model --output-dir --prefix --quick",
     "tune": "--adapter --alpha --batch-size --data --dtype --epochs --fraction --grad-accum --init --init-text "
@@ -20,17 +22,18 @@ FLAGS = {
             "--prompt-format --save-steps --seed",
     "generate": "--amateur --amateur-temperature --backend --batch-size --beta --cd-beta --do-sample --dtype "
                 "--id-strength --max-new-tokens --method --model --noise --noise-rate --num-beams --output --path "
-                "--plausibility --prefix --prompt --prompt-format --prompts-file --seed --temperature --top-k --top-p",
+                "--plausibility --prefix --prompt --prompt-format --prompts-file --seed --temperature --top-k "
+                "--top-p" + ENGINE,
     "eval": "--alpacaeval-limit --alpacaeval-path --alpacaeval-split --amateur --amateur-temperature --backend "
             "--batch-size --benchmarks --beta --cd-beta --drop-limit --drop-path --drop-split --dtype --id-strength "
             "--max-instances --max-new-tokens --max-source-tokens --methods --mmlu-limit --mmlu-path --mmlu-shots "
             "--model --no-token-changes --noise --noise-rate --output-dir --path --plausibility --prefix "
             "--prompt-format --seed --superni-categories --superni-dataset --superni-dir --superni-max-instances "
-            "--superni-per-category --superni-split --superni-tasks",
+            "--superni-per-category --superni-split --superni-tasks" + ENGINE,
     "synth": "--also-plain --amateur --amateur-temperature --backend --batch-size --beta --cd-beta --do-sample "
              "--dtype --expert --format --id-strength --instructions --limit --max-new-tokens --method --noise "
              "--noise-rate --num-beams --output-dir --path --plausibility --prefix --prompt-format --seed "
-             "--temperature --top-k --top-p",
+             "--temperature --top-k --top-p" + ENGINE,
     "sweep": "--alpha --batch-size --betas --data --dev-tasks --eval-batch-size --fraction --id-strengths --init "
              "--keep --learning-rate --lr --max-length --max-new-tokens --max-source-tokens --model "
              "--num-virtual-tokens --output-dir --prompt-format --rungs --samples --search --seed --steps "

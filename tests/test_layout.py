@@ -18,7 +18,8 @@ PACKAGE = ROOT / "src" / "ctd_hf"
 # (with adapter, the saved adapter format) -> training, decoding (siblings) -> evaluation, synthesis, integrations ->
 # study -> cli.
 LAYERS = {"_version": 0, "_compat": 0, "resources": 0, "formula": 0, "prompts": 0, "models": 0, "records": 0,
-          "distributed": 0, "plots": 0, "adapter": 0, "settings": 0, "sources": 0, "training": 1, "decoding": 1, "evaluation": 2, "synthesis": 2, "integrations": 2,
+          "distributed": 0, "plots": 0, "adapter": 0, "settings": 0, "sources": 0, "training": 1, "decoding": 1,
+          "evaluation": 2, "synthesis": 2, "integrations": 2,
           "study": 3, "cli": 4}
 
 

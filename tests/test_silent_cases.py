@@ -312,7 +312,8 @@ def test_every_row_of_a_raw_dataset_is_checked(tok, tmp_path, bad):
                        processing_class=tok)
 
 
-@pytest.mark.parametrize(("space", "name"), [(dict(alpha=(0.3, -1.0)), "alpha"), (dict(fraction=(0.5, 2.0)), "fraction"),
+@pytest.mark.parametrize(("space", "name"), [(dict(alpha=(0.3, -1.0)), "alpha"),
+                                             (dict(fraction=(0.5, 2.0)), "fraction"),
                                              (dict(learning_rate=(1e-2, -1.0)), "learning_rate")])
 def test_sweep_values_are_checked_before_anything_runs(space, name):
     """0.2: --alpha=-1 and --fraction 2 were refused only after the baselines had run."""

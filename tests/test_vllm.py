@@ -1,5 +1,7 @@
-"""ctd_hf.integrations.vllm against ctd_hf.generate_doubled: od, id and ctd token for token (greedy, fp32) on a tiny
-random Llama served by one vLLM engine; pairing refusals; seeded sampling. Skipped without vLLM (``ctd_hf[vllm]``)."""
+"""ctd_hf.integrations.vllm against the transformers executors: od, id and ctd token for token against
+``generate_doubled``, cd against the stream executor (greedy, fp32), on a tiny random Llama served by one vLLM engine;
+the message-level entry point with its token-change record; pairing refusals; seeded sampling. Skipped without vLLM
+(``ctd_hf[vllm]``)."""
 
 from __future__ import annotations
 
@@ -18,16 +20,25 @@ with warnings.catch_warnings():
     from vllm.inputs import TokensPrompt
     from vllm.sampling_params import BeamSearchParams
 
-import torch  # noqa: E402
-from transformers import LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
 
-from conftest import build_model, build_tokenizer  # noqa: E402
-from ctd_hf import DecodingMethod, format_prompt, generate_doubled  # noqa: E402
+import torch  # noqa: E402
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast, set_seed  # noqa: E402
+
+from conftest import LONG, build_model, build_tokenizer  # noqa: E402
+from ctd_hf import add_soft_prefix  # noqa: E402
+from ctd_hf.records import read_records  # noqa: E402
+from test_faults import ENV, cli, kill_when, lines  # noqa: E402
+from ctd_hf import ContrastProcessor, DecodingMethod, format_prompt, generate_doubled  # noqa: E402
+from ctd_hf.decoding.answers import generate_for_messages  # noqa: E402
+from ctd_hf.decoding.recording import OriginalPredictions  # noqa: E402
 from ctd_hf.decoding.layout import pad_left  # noqa: E402
 from ctd_hf.integrations.vllm import TAG, VLLMEngine  # noqa: E402
 from ctd_hf.models import ensure_pad_token  # noqa: E402
 
 MAX_TOKENS = 40
+MEMORY = 0.1  # of host memory, for each engine's KV cache: the module's and the command-line runs' beside it
 MESSAGES = [{"role": "user", "content": text} for text in (
     "Name three primary colours.", "What is the capital of France?",
     "Give me a short poem about the sea and the wind, please.", "Sort these numbers: 3, 1, 2.")]
@@ -39,8 +50,32 @@ def model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("vllm-model") / "tiny-llama"
     tokenizer = build_tokenizer()
     build_model(len(tokenizer), hidden_size=128, intermediate_size=256, num_attention_heads=2, num_key_value_heads=1,
-                initializer_range=0.3).save_pretrained(path)
+                initializer_range=0.3, max_position_embeddings=LONG).save_pretrained(path)
     tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def amateur(model_dir):
+    """Contrastive Decoding's amateur: a smaller random Llama with the same tokenizer."""
+    return build_model(len(build_tokenizer()), seed=1, hidden_size=64, intermediate_size=128, num_attention_heads=1,
+                       num_key_value_heads=1, initializer_range=0.3, max_position_embeddings=LONG)
+
+
+@pytest.fixture(scope="module")
+def amateur_dir(amateur, tmp_path_factory):
+    path = tmp_path_factory.mktemp("vllm-amateur") / "amateur"
+    amateur.save_pretrained(path)
+    build_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def prefix_dir(model_dir, tmp_path_factory):
+    """A CTD prefix folder in the format `ctd-hf tune` writes: 4 rows of random vocabulary embeddings."""
+    path = tmp_path_factory.mktemp("vllm-prefix") / "prefix"
+    set_seed(0)
+    add_soft_prefix(LlamaForCausalLM.from_pretrained(model_dir), num_virtual_tokens=4).save_pretrained(path)
     return path
 
 
@@ -52,7 +87,7 @@ def engine(model_dir):
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
         return VLLMEngine(model_dir, max_model_len=256, max_num_seqs=8, dtype="float32", enforce_eager=True,
-                          gpu_memory_utilization=0.3)
+                          gpu_memory_utilization=MEMORY)
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +157,55 @@ def test_ctd_equals_generate_doubled(engine, hf):
     assert got != hf_answers(model, tokenizer, prompts, None)
 
 
+def test_contrastive_decoding_equals_the_stream_executor(engine, hf, amateur):
+    model, tokenizer = hf
+    prompts = prompt_ids(tokenizer)
+    method = DecodingMethod("cd", amateur=amateur, strength=0.5)
+    contrast = method.contrast(model, tokenizer)
+    batch = pad_left(tokenizer, prompts)
+    with torch.no_grad(), ContrastProcessor(contrast) as processor:
+        out = model.generate(**batch, logits_processor=[processor], max_new_tokens=MAX_TOKENS, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+    expected = [until_eos(row.tolist(), tokenizer.eos_token_id) for row in out[:, batch["input_ids"].shape[1]:]]
+    got = vllm_answers(engine, prompts, method, model=model, tokenizer=tokenizer)
+    assert got == expected
+    assert got != hf_answers(model, tokenizer, prompts, None)
+
+
+@pytest.mark.parametrize("name", ["id", "ctd", "cd"])
+def test_messages_and_token_changes_equal_transformers(engine, hf, amateur, name):
+    """What evaluation, synthesis and ``ctd-hf generate`` call: the same answers, padded like ``generate()``'s, and
+    the same record of the original model's predictions."""
+    model, tokenizer = hf
+    extra = {"ctd": {"prefix": torch.randn(4, model.config.hidden_size, generator=torch.Generator().manual_seed(0))},
+             "cd": {"amateur": amateur}, "id": {}}[name]
+    method = DecodingMethod(name, **extra)
+    results = []
+    for executor in (None, engine):
+        record = OriginalPredictions()
+        output, length = generate_for_messages(model, tokenizer, MESSAGES, method, "chatml", record=record,
+                                               engine=executor, max_new_tokens=MAX_TOKENS, do_sample=False)
+        chosen = output[:, length:]
+        results.append((tokenizer.batch_decode(chosen, skip_special_tokens=True), output[:, :length].tolist(),
+                        [{key: values for key, values in row.items() if key != "max_prob"}
+                         for row in record.rows(chosen, {tokenizer.eos_token_id})],
+                        [row["max_prob"] for row in record.rows(chosen, {tokenizer.eos_token_id})]))
+    (hf_text, hf_prompts, hf_steps, hf_probs), (text, prompts, steps, probs) = results
+    assert (text, prompts, steps) == (hf_text, hf_prompts, hf_steps)
+    assert all(len(a) == len(b) for a, b in zip(probs, hf_probs)) and steps[0]["chosen"]
+    assert torch.allclose(torch.tensor(sum(probs, [])), torch.tensor(sum(hf_probs, [])), atol=1e-4)
+
+
+def test_messages_refuse_what_vllm_cannot_follow(engine, hf):
+    model, tokenizer = hf
+    with pytest.raises(ValueError, match="num_beams > 1"):
+        generate_for_messages(model, tokenizer, MESSAGES, DecodingMethod("od"), engine=engine, max_new_tokens=4,
+                              num_beams=2)
+    with pytest.raises(ValueError, match="output_scores"):
+        generate_for_messages(model, tokenizer, MESSAGES, DecodingMethod("od"), engine=engine, max_new_tokens=1,
+                              output_scores=True)
+
+
 def test_seeded_sampling_is_reproducible(engine, hf):
     model, tokenizer = hf
     prompts, method = prompt_ids(tokenizer), DecodingMethod("id")
@@ -147,7 +231,7 @@ def test_refusals(engine, hf, model_dir):
         engine.generate(prompts, method, SamplingParams(n=2, max_tokens=4), noisy_prompts=noisy_prompts)
     with pytest.raises(ValueError, match="repetition_penalty"):
         engine.generate(prompts, method, SamplingParams(repetition_penalty=1.2), noisy_prompts=noisy_prompts)
-    with pytest.raises(NotImplementedError, match="planned"):
+    with pytest.raises(ValueError, match="Contrastive Decoding needs `model`"):
         engine.generate(prompts, DecodingMethod("cd", amateur=str(model_dir)), SamplingParams(max_tokens=4))
     with pytest.raises(ValueError, match="needs `noisy_prompts`"):
         engine.generate(prompts, method, SamplingParams(max_tokens=4))
@@ -155,6 +239,11 @@ def test_refusals(engine, hf, model_dir):
         engine.generate(prompts, method, SamplingParams(max_tokens=250), noisy_prompts=noisy_prompts)
     with pytest.raises(ValueError, match="max_num_seqs must be even"):
         VLLMEngine(model_dir, max_model_len=256, max_num_seqs=3)
+    with pytest.raises(NotImplementedError, match="tensor_parallel_size.*one engine per device"):
+        VLLMEngine(model_dir, max_model_len=256, tensor_parallel_size=2)
+    with pytest.raises(ValueError, match="backend='stream' picks one of transformers' executors"):
+        engine.generate(prompts, DecodingMethod("id", backend="stream"), SamplingParams(max_tokens=4),
+                        noisy_prompts=noisy_prompts)
 
 
 def test_a_lone_tagged_request_fails_loudly(engine, hf):
@@ -170,3 +259,77 @@ def test_a_lone_tagged_request_fails_loudly(engine, hf):
         engine._run([])  # noqa: SLF001  (nothing added: the lone request already waits in the engine)
     with pytest.raises(RuntimeError, match="start a new process"):
         engine.generate(prompts, DecodingMethod("od"), SamplingParams(max_tokens=4))
+
+
+def eval_args(model_dir, amateur_dir, prefix_dir, output_dir, *engine: str) -> list[str]:
+    """``ctd-hf eval`` on the shipped SuperNI sample with od, id, cd and ctd."""
+    return cli("eval", "--model", str(model_dir), "--methods", "od,id,cd,ctd", "--amateur", str(amateur_dir),
+               "--prefix", str(prefix_dir), "--superni-tasks", "sample/train_tasks.txt", "--max-instances", "2",
+               "--max-new-tokens", "12", "--batch-size", "4", "--max-source-tokens", "3000", "--output-dir",
+               str(output_dir), *engine)
+
+
+def test_eval_on_vllm_equals_hf_and_resumes_after_kill(model_dir, amateur_dir, prefix_dir, tmp_path):
+    """The command line's --engine vllm: the report of --engine hf (greedy, fp32), token changes included; killed
+    after its first batch, it resumes without losing or repeating a prediction; another engine is refused."""
+    vllm = ("--engine", "vllm", "--vllm-memory", str(MEMORY))
+    run = lambda args: subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=900)  # noqa: E731
+    assert run(eval_args(model_dir, amateur_dir, prefix_dir, tmp_path / "hf")).returncode == 0
+    out = tmp_path / "vllm"
+    od = out / "predictions" / "superni" / "od" / "rank-0.jsonl"
+    kill_when(eval_args(model_dir, amateur_dir, prefix_dir, out, *vllm), lambda: lines(od) >= 4, tmp_path / "kill.log",
+              timeout=600)
+    written = od.read_bytes()
+    result = run(eval_args(model_dir, amateur_dir, prefix_dir, out, *vllm))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert od.read_bytes().startswith(written)
+    folder = out / "predictions" / "superni"
+    for name in ("od", "id", "cd", "ctd"):
+        ids = [record["id"] for record in read_records(folder / name / "rank-0.jsonl")]
+        assert len(ids) == len(set(ids)) == 24
+    hf_report, vllm_report = (json.loads((tmp_path / run_ / "report.json").read_text()) for run_ in ("hf", "vllm"))
+    # The original model's max probabilities come from each engine's own fp32 logits: equal to about 1e-6.
+    probabilities = [{name: {key: changes.pop(key) for key in ("max_prob_changed", "max_prob_unchanged")}
+                      for name, changes in report["benchmarks"]["superni"]["token_changes"].items()}
+                     for report in (hf_report, vllm_report)]
+    assert vllm_report["benchmarks"] == hf_report["benchmarks"]
+    for name, hf_stats in probabilities[0].items():
+        for key, stats in hf_stats.items():
+            got = probabilities[1][name][key]
+            assert got["count"] == stats["count"]
+            assert got["mean"] == pytest.approx(stats["mean"], abs=1e-5)
+            assert got["median"] == pytest.approx(stats["median"], abs=1e-5)
+    assert vllm_report["settings"]["engine"] == "vllm" and hf_report["settings"]["engine"] == "hf"
+    for name in ("id", "cd", "ctd"):  # the token-change record: same original predictions and chosen tokens
+        hf_rows, vllm_rows = ({r["id"]: (r["original"], r["chosen"]) for r in read_records(
+            tmp_path / run_ / "predictions" / "superni" / name / "rank-0.jsonl")} for run_ in ("hf", "vllm"))
+        assert vllm_rows == hf_rows
+    refused = run(eval_args(model_dir, amateur_dir, prefix_dir, tmp_path / "hf", *vllm))
+    assert refused.returncode == 2 and "the engine: hf, now vllm" in refused.stderr
+
+
+def test_synth_and_generate_on_vllm_equal_hf(model_dir, amateur_dir, tmp_path):
+    """``ctd-hf synth`` (CoDIT: cd, with the plain answers) and ``ctd-hf generate`` (id) write what the hf engine
+    writes; a synthesis folder refuses to resume on another engine."""
+    instructions = tmp_path / "instructions.json"
+    instructions.write_text(json.dumps([{"instruction": message["content"]} for message in MESSAGES]))
+    vllm = ("--engine", "vllm", "--vllm-memory", str(MEMORY))
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        result = subprocess.run(cli(*args), env=ENV, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    synth = ("synth", "--expert", str(model_dir), "--amateur", str(amateur_dir), "--instructions", str(instructions),
+             "--max-new-tokens", "16", "--also-plain", "--output-dir")
+    for name, engine in (("hf", ()), ("vllm", vllm)):
+        run(*synth, str(tmp_path / f"synth-{name}"), *engine)
+    hf_data, vllm_data = ((tmp_path / f"synth-{name}" / "data.jsonl").read_text() for name in ("hf", "vllm"))
+    assert vllm_data == hf_data
+    refused = subprocess.run(cli(*synth, str(tmp_path / "synth-hf"), *vllm), env=ENV, capture_output=True, text=True)
+    assert refused.returncode == 2 and "engine: 'hf' -> 'vllm'" in refused.stderr
+
+    generate = ("generate", "--model", str(model_dir), "--method", "id", "--max-new-tokens", "16",
+                *(flag for message in MESSAGES for flag in ("--prompt", message["content"])))
+    outputs = [run(*generate, *engine).stdout for engine in ((), vllm)]
+    assert outputs[1] == outputs[0] and len(outputs[0].splitlines()) == len(MESSAGES)

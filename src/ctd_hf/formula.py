@@ -21,7 +21,8 @@ def contrast_logits(
 
     Args:
         logits: ``z``, logits of the original model, shape ``(..., vocab)``.
-        second_logits: ``z~``, logits of the second view (the prefixed model, the noisy prompt or the amateur) on the same tokens, same shape.
+        second_logits: ``z~``, logits of the second view (the prefixed model, the noisy prompt or the amateur) on
+            the same tokens, same shape.
         strength: ``alpha`` in training, ``beta`` in decoding.
         inplace: overwrite both inputs instead of allocating two new ``(..., vocab)`` tensors: ``second_logits`` becomes
             ``strength * z~`` and ``logits`` the result, bit for bit what the out-of-place form returns. Only for
@@ -50,9 +51,9 @@ def contrastive_loss(
 ) -> torch.Tensor:
     """Cross-entropy of ``softmax(z - alpha * z~)`` against next-token labels.
 
-    ``logits`` and ``second_logits`` are ``(batch, seq, vocab)`` and aligned with ``labels`` ``(batch, seq)`` as a causal
-    LM's outputs are: position ``t`` predicts ``labels[:, t + 1]``. Labels equal to -100 are ignored. The loss is the
-    summed token loss divided by ``num_items_in_batch`` when given (the Trainer's count over the whole accumulated
+    ``logits`` and ``second_logits`` are ``(batch, seq, vocab)`` and aligned with ``labels`` ``(batch, seq)`` as a
+    causal LM's outputs are: position ``t`` predicts ``labels[:, t + 1]``. Labels equal to -100 are ignored. The loss is
+    the summed token loss divided by ``num_items_in_batch`` when given (the Trainer's count over the whole accumulated
     batch, so gradient accumulation matches the large batch), else by the number of label tokens here. Only label
     positions are contrasted, which keeps the extra memory to the response tokens.
     """
@@ -78,8 +79,8 @@ def contrastive_token_loss(
     ``logits`` and ``second_logits`` are ``z`` and ``z~`` as ``(tokens, vocab)`` (``x[:, :-1][keep]`` with
     ``keep = label_positions(labels)``), ``targets`` the ``(tokens,)`` labels ``labels[:, 1:][keep]``.
 
-    It works in place: ``logits`` and ``second_logits`` are overwritten (pass the copies that boolean indexing returns), so
-    the loss allocates no ``(tokens, vocab)`` buffer beyond the log-softmax that cross-entropy keeps for backward.
+    It works in place: ``logits`` and ``second_logits`` are overwritten (pass the copies that boolean indexing returns),
+    so the loss allocates no ``(tokens, vocab)`` buffer beyond the log-softmax that cross-entropy keeps for backward.
     """
     return token_loss(contrast_logits(logits, second_logits, alpha, inplace=True), targets, num_items_in_batch)
 

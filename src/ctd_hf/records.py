@@ -51,7 +51,8 @@ def check_resumable(
 
 
 def _changed_keys(previous: dict, current: dict) -> list[str]:
-    return [f"{key}: {previous.get(key)!r} -> {value!r}" for key, value in current.items() if previous.get(key) != value]
+    return [f"{key}: {previous.get(key)!r} -> {value!r}" for key, value in current.items()
+            if previous.get(key) != value]
 
 
 def load_json_records(path: str | Path, check: Callable[[Any], None] | None = None) -> list[Any]:

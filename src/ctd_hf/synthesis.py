@@ -40,8 +40,9 @@ logger = logging.getLogger(__name__)
 OUTPUT_FORMATS = ("alpaca", "messages")
 CONFIG_NAME = "synthesis_config.json"
 # Settings that decide the answers: a rerun into a folder written with other values is refused.
-_GENERATION_KEYS = ("expert", "expert_fingerprint", "amateur", "amateur_fingerprint", "method", "generate_kwargs",
-                    "prompt_format", "seed", "also_plain")
+_GENERATION_KEYS = ("expert", "expert_fingerprint", "amateur", "amateur_fingerprint", "method", "engine",
+                    "generate_kwargs", "prompt_format", "seed", "also_plain")
+_BEFORE = {"engine": "hf"}  # the value of a key that folders written before it existed had
 
 
 def load_instructions(
@@ -104,13 +105,15 @@ def synthesize(
     settings: SynthSettings | None = None,
     rank: int | None = None,
     world_size: int | None = None,
+    engine: Any = None,
 ) -> datasets.Dataset | None:
     """Answer ``instructions`` with ``method`` on ``expert`` and write the dataset to ``output_dir`` (resumable).
 
     ``settings.also_plain`` also stores the expert's plain answer (method ``od``, the same options without sampling)
     as ``output_plain``. ``rank``/``world_size`` default to accelerate's ``PartialState`` (``accelerate launch`` or
     ``torchrun``); separate jobs may pass them instead, and a final ``world_size=1`` run then merges. Sampling is
-    seeded with ``seed + rank``.
+    seeded with ``seed + rank``. ``engine`` decodes instead of ``model.generate()`` (a
+    :class:`ctd_hf.integrations.vllm.VLLMEngine`); the folder's config records which.
 
     Returns the merged dataset on the process that merges (rank 0, once every instruction is answered), else None.
     """
@@ -132,6 +135,7 @@ def synthesize(
         "amateur": str(method.amateur.name_or_path) if method.amateur is not None else None,
         "amateur_fingerprint": fingerprint(method.amateur) if method.amateur is not None else None,
         "method": method.settings(),
+        "engine": "hf" if engine is None else engine.name,
         "generate_kwargs": kwargs,
         "prompt_format": settings.prompt_format,
         "seed": settings.seed,
@@ -156,11 +160,11 @@ def synthesize(
     desc = "Synthesizing" + (f" (rank {rank}/{world_size})" if world_size > 1 else "")
     for batch in tqdm(batches, desc=desc, unit="batch", file=sys.stderr, position=rank if world_size > 1 else None):
         messages = [{"role": "user", "content": r["instruction"], "input": r["input"]} for r in batch]
-        answers = generate_answers(expert, tokenizer, messages, method, settings.prompt_format, **kwargs)
+        answers = generate_answers(expert, tokenizer, messages, method, settings.prompt_format, engine, **kwargs)
         rows = [{**r, "output": answer} for r, answer in zip(batch, answers)]
         if settings.also_plain:
             plain_answers = answers if plain_is_output else generate_answers(
-                expert, tokenizer, messages, plain, settings.prompt_format, **plain_kwargs)
+                expert, tokenizer, messages, plain, settings.prompt_format, engine, **plain_kwargs)
             rows = [{**row, "output_plain": answer} for row, answer in zip(rows, plain_answers)]
         append_records(shard, rows)
 
@@ -180,8 +184,8 @@ def synthesize(
 
 def _generation_changes(previous: dict, current: dict) -> list[str]:
     """The settings that decide the answers and differ (the instructions file and the merge state may change)."""
-    return [f"{key}: {previous.get(key)!r} -> {current[key]!r}" for key in _GENERATION_KEYS
-            if previous.get(key) != current[key]]
+    return [f"{key}: {previous.get(key, _BEFORE.get(key))!r} -> {current[key]!r}" for key in _GENERATION_KEYS
+            if previous.get(key, _BEFORE.get(key)) != current[key]]
 
 
 def _answered(output_dir: Path, records: list[dict]) -> dict[int, dict]:

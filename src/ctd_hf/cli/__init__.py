@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as error:
         if args.debug:
             raise
-        known = isinstance(error, (ValueError, TypeError, OSError, RuntimeError))
+        known = isinstance(error, (ValueError, TypeError, OSError, RuntimeError, ImportError))
         hint = "" if known else f" ({type(error).__name__}; run with --debug for the traceback)"
         print(f"ctd-hf {args.command}: error: {_with_flag(error, args)}{hint}", file=sys.stderr)
         raise SystemExit(2) from None

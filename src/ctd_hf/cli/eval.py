@@ -16,7 +16,7 @@ from ..evaluation.runner import EvalSettings, run_evaluation
 from ..evaluation.tasks import get_task, task_names
 from ..models import load_model_and_tokenizer, model_id
 from ..settings import check_settings, contrast_strength, output_folder, setting
-from .arguments import ModelArguments, add_method_flags, check_method_arguments, decoding_method
+from .arguments import EngineArguments, ModelArguments, add_method_flags, check_method_arguments, decoding_method
 from .flags import add_flags, values
 
 
@@ -58,6 +58,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_flags(parser, EvalCommand, flags)
     add_flags(parser, EvalSettings, flags)
     add_method_flags(parser, flags)
+    add_flags(parser.add_argument_group("engine"), EngineArguments, flags)
     for name in task_names():
         task = get_task(name)
         add_flags(parser.add_argument_group(f"{name} options"), task.options, flags, prefix=f"{name}-",
@@ -82,6 +83,7 @@ def run(args: argparse.Namespace) -> dict | None:
     check_method_arguments(args, sorted({name for name, _ in specs.values()}))
     options = task_options(args)
     settings = EvalSettings(options=options, **values(args, EvalSettings))
+    engine_arguments = EngineArguments(**values(args, EngineArguments))
     for name in settings.benchmarks:  # refuse task options that do not fit together before any model loads
         settings.task_options(get_task(name))
     transformers.set_seed(command.seed)
@@ -94,7 +96,8 @@ def run(args: argparse.Namespace) -> dict | None:
             method = dataclasses.replace(method, amateur=loaded) if loaded is not None else method
             method.check(model, tokenizer)
         methods[label] = method
-    report = run_evaluation(model, tokenizer, methods, settings, args.output_dir, model_id(model), command.seed)
+    report = run_evaluation(model, tokenizer, methods, settings, args.output_dir, model_id(model), command.seed,
+                            engine_arguments.build(model))
     if report is not None:
         print(Path(args.output_dir, "report.md").read_text())
     return report

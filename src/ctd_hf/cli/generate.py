@@ -17,7 +17,7 @@ from ..models import load_model_and_tokenizer
 from ..prompts import prompt_format_setting
 from ..records import load_json_records
 from ..settings import SettingError, check_settings, positive_int, setting
-from .arguments import ModelArguments, add_method_flags, check_method_arguments, decoding_method
+from .arguments import EngineArguments, ModelArguments, add_method_flags, check_method_arguments, decoding_method
 from .flags import add_flags, values
 
 
@@ -38,8 +38,8 @@ class GenerateCommand:
     def __post_init__(self) -> None:
         check_settings(self)
         if (self.prompt is None) == (self.prompts_file is None):
-            raise SettingError("prompt", "is one way to give the prompts and `prompts_file` the other: pass exactly one "
-                                         "of them.")
+            raise SettingError("prompt", "is one way to give the prompts and `prompts_file` the other: pass "
+                                         "exactly one of them.")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -49,6 +49,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_flags(parser, GenerateCommand, flags)
     add_method_flags(parser, flags)
     add_flags(parser.add_argument_group("generation"), GenerationSettings, flags)
+    add_flags(parser.add_argument_group("engine"), EngineArguments, flags)
     parser.set_defaults(func=run, flags=flags)
 
 
@@ -85,6 +86,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     """Decode prompts from parsed arguments; prints or writes one JSON line per prompt and returns the records."""
     command = GenerateCommand(**values(args, GenerateCommand))
     generation = GenerationSettings(**values(args, GenerationSettings))
+    engine_arguments = EngineArguments(**values(args, EngineArguments))
     name = command.method or ("ctd" if args.prefix else "od")
     check_method_arguments(args, [name])
     messages = read_prompts(command)
@@ -98,14 +100,15 @@ def run(args: argparse.Namespace) -> list[dict]:
     model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
     method = decoding_method(args, name)
     method.check(model, tokenizer)
+    engine = engine_arguments.build(model)
     check_prompt_lengths(model, tokenizer, messages, command.prompt_format, generation.max_new_tokens,
-                         method.prefix_length, fix=f"shorten it or lower {args.flags['max_new_tokens']}")
+                         method.prefix_length, fix=f"shorten it or lower {args.flags['max_new_tokens']}", engine=engine)
     records, sink = [], open(output, "w") if output else sys.stdout
     try:
         for start in tqdm(range(0, len(messages), command.batch_size), desc="Generating", unit="batch",
                           file=sys.stderr):
             batch = messages[start : start + command.batch_size]
-            answers = generate_answers(model, tokenizer, batch, method, command.prompt_format,
+            answers = generate_answers(model, tokenizer, batch, method, command.prompt_format, engine=engine,
                                        **generation.generate_kwargs())
             for message, answer in zip(batch, answers):
                 record = {"prompt": message["content"], "input": message.get("input", ""), "output": answer,

@@ -16,7 +16,7 @@ from ..distributed import process_state
 from ..models import load_model_and_tokenizer
 from ..settings import output_folder, setting
 from ..synthesis import SynthSettings, load_instructions, synthesize
-from .arguments import ModelArguments, add_method_flags, check_method_arguments, decoding_method
+from .arguments import EngineArguments, ModelArguments, add_method_flags, check_method_arguments, decoding_method
 from .flags import add_flags, values
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_flags(parser, SynthSettings, flags)
     add_method_flags(parser, flags)
     add_flags(parser.add_argument_group("generation"), GenerationSettings, flags)
+    add_flags(parser.add_argument_group("engine"), EngineArguments, flags)
     parser.set_defaults(func=run, flags=flags)
 
 
@@ -48,6 +49,7 @@ def run(args: argparse.Namespace) -> datasets.Dataset | None:
     """Run ``ctd-hf synth`` from parsed arguments (method cd unless --method, or --prefix for ctd, says otherwise)."""
     generation = GenerationSettings(**values(args, GenerationSettings))
     settings = SynthSettings(generation=generation, **values(args, SynthSettings))
+    engine_arguments = EngineArguments(**values(args, EngineArguments))
     name = args.method or ("ctd" if args.prefix else "cd")
     if name == "cd" and not args.amateur:
         raise ValueError("Method cd needs --amateur: the expert's pre-trained base model (CoDIT contrasts the two).")
@@ -57,10 +59,11 @@ def run(args: argparse.Namespace) -> datasets.Dataset | None:
     expert, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype, device=device)
     method = decoding_method(args, name)
     method.check(expert, tokenizer)
+    engine = engine_arguments.build(expert)
     messages = [{"role": "user", "content": r["instruction"], "input": r["input"]} for r in records]
     check_prompt_lengths(expert, tokenizer, messages, settings.prompt_format, generation.max_new_tokens,
-                         method.prefix_length, fix=f"shorten it or lower {args.flags['max_new_tokens']}")
-    dataset = synthesize(expert, tokenizer, args.instructions, args.output_dir, method, settings)
+                         method.prefix_length, fix=f"shorten it or lower {args.flags['max_new_tokens']}", engine=engine)
+    dataset = synthesize(expert, tokenizer, args.instructions, args.output_dir, method, settings, engine=engine)
     if dataset is not None:
         logger.info("Wrote %d examples to %s and %s", len(dataset), Path(args.output_dir, "data.jsonl"),
                     Path(args.output_dir, "dataset"))

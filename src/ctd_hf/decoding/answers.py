@@ -56,13 +56,19 @@ def generate_for_messages(
     method: DecodingMethod,
     prompt_format: str = "chatml",
     record: OriginalPredictions | None = None,
+    engine: Any = None,
     **generate_kwargs: Any,
 ) -> tuple[Any, int]:
     """Run ``generate()`` with ``method`` on a batch of single-turn prompts (user messages).
 
     Returns ``generate()``'s output and the (padded) prompt length, where the generated tokens start. ``record``
-    collects the original model's per-step predictions (contrastive methods only).
+    collects the original model's per-step predictions (contrastive methods only). ``engine`` runs it elsewhere: an
+    object with this function's signature as its ``generate_for_messages`` method (a
+    :class:`ctd_hf.integrations.vllm.VLLMEngine`); ``None`` runs ``model.generate()``.
     """
+    if engine is not None:
+        return engine.generate_for_messages(model, tokenizer, messages, method, prompt_format, record,
+                                            **generate_kwargs)
     if not messages:
         raise ValueError("No message to answer: pass at least one user message.")
     inputs = encode_messages(tokenizer, messages, prompt_format).to(model.device)
@@ -90,11 +96,13 @@ def generate_answers(
     messages: list[dict],
     method: DecodingMethod | None = None,
     prompt_format: str = "chatml",
+    engine: Any = None,
     **generate_kwargs: Any,
 ) -> list[str]:
-    """Answer a batch of single-turn prompts (user messages) with ``method`` (plain decoding by default)."""
+    """Answer a batch of single-turn prompts (user messages) with ``method`` (plain decoding by default), on
+    ``model.generate()`` or ``engine`` (see :func:`generate_for_messages`)."""
     output, prompt_length = generate_for_messages(model, tokenizer, messages, method or DecodingMethod("od"),
-                                                  prompt_format, **generate_kwargs)
+                                                  prompt_format, engine=engine, **generate_kwargs)
     sequences = output if isinstance(output, torch.Tensor) else output.sequences
     return [answer.strip() for answer in tokenizer.batch_decode(sequences[:, prompt_length:], skip_special_tokens=True)]
 
@@ -107,13 +115,16 @@ def check_prompt_lengths(
     max_new_tokens: int,
     extra: int = 0,
     fix: str = "shorten it or lower max_new_tokens",
+    engine: Any = None,
 ) -> None:
-    """Refuse prompts that cannot fit the model's positions together with the answer (and ``extra``: a prefix)."""
-    limit = getattr(model.config, "max_position_embeddings", None)
+    """Refuse prompts that cannot fit the model's positions (or ``engine``'s ``max_model_len``) together with the
+    answer (and ``extra``: a prefix)."""
+    limit = getattr(engine, "max_model_len", None) or getattr(model.config, "max_position_embeddings", None)
+    holder = "model" if engine is None else "engine"
     for message in messages:
         needed = len(encode_prompt(format_prompt([message], prompt_format, tokenizer), tokenizer, prompt_format))
         needed += max_new_tokens + extra
         if limit and needed > limit:
             raise ValueError(f"The prompt {message['content'][:40]!r}... needs {needed} positions (prompt, "
-                             f"{max_new_tokens} new tokens, {extra} prefix tokens), more than the model's {limit}: "
+                             f"{max_new_tokens} new tokens, {extra} prefix tokens), more than the {holder}'s {limit}: "
                              f"{fix}.")

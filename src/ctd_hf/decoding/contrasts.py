@@ -93,8 +93,9 @@ class Contrast(ABC):
         if not torch.isfinite(combined.max(dim=-1).values).all():
             raise ValueError(
                 f"{type(self).__name__} produced scores that are NaN or -inf for every token (strength "
-                f"{self.strength}; max |z~| {second_logits.abs().max().item():.3g}). The strength overflows the scores, or "
-                "the model or prefix produce non-finite logits: lower the strength or check the prefix and model."
+                f"{self.strength}; max |z~| {second_logits.abs().max().item():.3g}). The strength overflows the "
+                "scores, or the model or prefix produce non-finite logits: lower the strength or check the prefix and "
+                "model."
             )
         return combined
 

@@ -22,6 +22,15 @@ class OriginalPredictions:
         max_prob, argmax = scores.float().softmax(dim=-1).max(dim=-1)
         self.steps.append((argmax.cpu(), max_prob.cpu()))
 
+    def add_rows(self, rows: list[list[tuple[int, float]]]) -> None:
+        """Record the steps of an executor whose rows do not step together (vLLM's): per row, the (argmax, max
+        probability) of each of its steps; a row that stopped early is filled with zeros, which :meth:`rows` never
+        reads (it stops at the row's end-of-sequence token)."""
+        for step in range(max(map(len, rows), default=0)):
+            cells = [row[step] if step < len(row) else (0, 0.0) for row in rows]
+            self.steps.append((torch.tensor([argmax for argmax, _ in cells]),
+                               torch.tensor([max_prob for _, max_prob in cells])))
+
     def rows(self, chosen: torch.Tensor, eos_token_ids: set[int]) -> list[dict[str, list]]:
         """Per row of ``chosen`` (the generated tokens, ``(rows, steps)``): ``original`` (argmax), ``max_prob`` and
         ``chosen`` token of every step up to and including the row's first end-of-sequence token."""

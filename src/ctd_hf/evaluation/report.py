@@ -76,7 +76,8 @@ def markdown_report(report: dict) -> str:
     budgets = evaluation["max_new_tokens"] or "each task's own"
     lines = [f"# Evaluation of {model['name']} ({model['dtype']}, weights {model['fingerprint'][:12]})", "",
              f"Prompt format {evaluation['prompt_format']}; new tokens: {budgets}; source budget "
-             f"{evaluation['max_source_tokens']} tokens; greedy decoding.", ""]
+             f"{evaluation['max_source_tokens']} tokens; greedy decoding on the "
+             f"{report['settings'].get('engine', 'hf')} engine.", ""]
     for name, result in report["benchmarks"].items():
         lines += get_task(name).markdown(result)
         if "statistics" in result:

@@ -18,10 +18,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..decoding.answers import generate_for_messages
+from ..decoding.answers import check_prompt_lengths, generate_for_messages
 from ..decoding.methods import DecodingMethod
 from ..decoding.recording import OriginalPredictions
-from ..decoding.answers import check_prompt_lengths
 from ..distributed import process_state
 from ..models import fingerprint
 from ..prompts import encode_prompt, format_prompt, prompt_format_setting
@@ -104,8 +103,10 @@ def predict(
     items: list[dict],
     settings: EvalSettings,
     output_dir: str | Path,
+    engine: Any = None,
 ) -> Path:
-    """Write this process's share of ``method``'s predictions on ``task``, resuming what is already written."""
+    """Write this process's share of ``method``'s predictions on ``task``, resuming what is already written
+    (``engine``: see :func:`~ctd_hf.decoding.answers.generate_for_messages`)."""
     state = process_state()
     folder = Path(output_dir) / "predictions" / task.name / name
     path = folder / f"rank-{state.process_index}.jsonl"
@@ -138,7 +139,7 @@ def predict(
         else:
             record = OriginalPredictions() if record_original else None
             output, prompt_length = generate_for_messages(
-                model, tokenizer, messages, method, settings.prompt_format, record=record,
+                model, tokenizer, messages, method, settings.prompt_format, record=record, engine=engine,
                 max_new_tokens=settings.new_tokens(task), do_sample=False)
             chosen = output[:, prompt_length:]
             answers = tokenizer.batch_decode(chosen, skip_special_tokens=True)
@@ -157,14 +158,20 @@ def collect_predictions(output_dir: str | Path, task: str, name: str) -> dict[st
 
 
 def run_settings(
-    methods: dict[str, DecodingMethod], settings: EvalSettings, seed: int, model: PreTrainedModel, model_name: str
+    methods: dict[str, DecodingMethod],
+    settings: EvalSettings,
+    seed: int,
+    model: PreTrainedModel,
+    model_name: str,
+    engine: str = "hf",
 ) -> dict[str, Any]:
     """Everything that decides the answers, as JSON-ready values (the resume key and the report's settings): the
-    model (name, dtype and a fingerprint of its weights), every method's settings and every task option."""
+    model (name, dtype and a fingerprint of its weights), the engine, every method's settings and every task
+    option."""
     tasks = [get_task(name) for name in settings.benchmarks]
     common = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if f.name != "options"}
     options = {task.name: dataclasses.asdict(settings.task_options(task)) for task in tasks}
-    values = {"format": SETTINGS_FORMAT, "seed": seed,
+    values = {"format": SETTINGS_FORMAT, "seed": seed, "engine": engine,
               "model": {"name": model_name, "dtype": str(model.dtype), "fingerprint": fingerprint(model)},
               "methods": {n: m.settings() for n, m in methods.items()}, "eval": {**common, "options": options}}
     return json.loads(json.dumps(values, default=str))
@@ -172,7 +179,7 @@ def run_settings(
 
 def _prompts_that_fit(
     task: Task, settings: EvalSettings, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-    methods: dict[str, DecodingMethod],
+    methods: dict[str, DecodingMethod], engine: Any,
 ) -> list[dict]:
     """The task's items, refusing (before any answer is written) one whose prompt, cut to the source budget, cannot
     fit the model's positions with the answer and a CTD prefix."""
@@ -183,7 +190,8 @@ def _prompts_that_fit(
     messages = [truncate_message(i["message"], tokenizer, settings.max_source_tokens) if task.truncate_input
                 else i["message"] for i in items]
     check_prompt_lengths(model, tokenizer, messages, settings.prompt_format, settings.new_tokens(task), prefix,
-                         fix=f"lower max_source_tokens ({settings.max_source_tokens}) or the new-token budget")
+                         fix=f"lower max_source_tokens ({settings.max_source_tokens}) or the new-token budget",
+                         engine=engine)
     return items
 
 
@@ -195,11 +203,13 @@ def run_evaluation(
     output_dir: str | Path,
     model_name: str,
     seed: int = 0,
+    engine: Any = None,
 ) -> dict | None:
     """Run every method on every task (resuming written predictions), then score and report.
 
     Under ``accelerate launch`` every process predicts its share and the main process writes the report and
-    returns it (the others return None).
+    returns it (the others return None). ``engine`` decodes instead of ``model.generate()`` (a
+    :class:`ctd_hf.integrations.vllm.VLLMEngine`; generation tasks only); the resume key records which.
     """
     state = process_state()
     check_output_folder(output_dir)
@@ -210,16 +220,20 @@ def run_evaluation(
             raise ValueError(f"Method label {name!r} names a folder of predictions: use a non-empty label without '/'.")
     tasks = [get_task(name) for name in settings.benchmarks]
     # Everything that can be refused is refused before anything is written.
+    scored = [task.name for task in tasks if task.scoring == "choice"]
+    if engine is not None and scored:
+        raise ValueError(f"{', '.join(scored)} scores the first step's logits, which the {engine.name} engine does not "
+                         "return: evaluate it with the hf engine.")
     for method in methods.values():
         method.check(model, tokenizer)
-    items = {task.name: _prompts_that_fit(task, settings, model, tokenizer, methods) for task in tasks}
-    current = run_settings(methods, settings, seed, model, model_name)
+    items = {task.name: _prompts_that_fit(task, settings, model, tokenizer, methods, engine) for task in tasks}
+    current = run_settings(methods, settings, seed, model, model_name, "hf" if engine is None else engine.name)
     check_resumable(Path(output_dir), "eval_settings.json", current,
                     changes=lambda previous, new: _evaluation_changes(previous, new, tasks),
                     write=state.is_main_process)
     for task in tasks:
         for name, method in methods.items():
-            predict(model, tokenizer, name, method, task, items[task.name], settings, output_dir)
+            predict(model, tokenizer, name, method, task, items[task.name], settings, output_dir, engine)
     state.wait_for_everyone()
     if not state.is_main_process:
         return None
@@ -245,10 +259,12 @@ def _evaluation_changes(previous: dict, current: dict, tasks: list[Task]) -> lis
     settings, the prompt format, the token limits...); more methods or tasks than before are fine."""
     if previous.get("format") != SETTINGS_FORMAT:
         return ["the folder's layout, written by another version of ctd_hf"]
+    if previous.get("engine", "hf") != current["engine"]:  # folders written before engines existed are hf's
+        return [f"the engine: {previous.get('engine', 'hf')}, now {current['engine']}"]
     if previous["model"] != current["model"]:
-        return [f"another model: {previous['model']['name']}, {previous['model']['dtype']}, weights "
-                f"{previous['model']['fingerprint'][:12]}; now {current['model']['name']}, {current['model']['dtype']}, "
-                f"weights {current['model']['fingerprint'][:12]}"]
+        old, new = previous["model"], current["model"]
+        return [f"another model: {old['name']}, {old['dtype']}, weights {old['fingerprint'][:12]}; now {new['name']}, "
+                f"{new['dtype']}, weights {new['fingerprint'][:12]}"]
     shared = set(previous["methods"]) & set(current["methods"])
     changed = [f"method {n}" for n in sorted(shared)
                if _answer_key(previous["methods"][n]) != _answer_key(current["methods"][n])]

@@ -58,7 +58,8 @@ class TuneSettings:
     init: str = setting("vocab", choices=INITS, help="Prefix initialisation.")
     init_text: str | None = setting(None, help="Text whose token embeddings start the prefix (init text).")
     lora_r: int = setting(8, check=positive_int, help="LoRA rank (adapter lora).")
-    alpha: float = setting(0.3, check=contrast_strength, help="Contrast strength of the loss (0: the plain loss, no gradient).")
+    alpha: float = setting(0.3, check=contrast_strength,
+                           help="Contrast strength of the loss (0: the plain loss, no gradient).")
     learning_rate: float = setting(1e-2, check=positive_number, aliases=("--lr",),
                                    help="AdamW learning rate of the adapter (the paper's 9e-4 barely moves a 135M "
                                         "model).")

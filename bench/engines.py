@@ -1,0 +1,359 @@
+"""Benchmark: od, id and ctd on transformers and on vLLM's offline engine, same prompts, one process (a benchmark
+script, not a test).
+
+One job: ``--prompts`` (64) SuperNI prompts, ``--new-tokens`` (64) new tokens each, greedy, fp32, the default model
+(SmolLM2-135M-Instruct), decoded with
+
+* ``od``   plain decoding;
+* ``id``   Instructive Decoding (``opposite`` noise, strength ``--id-strength``);
+* ``ctd``  CTD with a 20-row prefix (by default the embeddings of 20 random vocabulary tokens, as in bench/decode.py:
+  timing does not need a trained prefix; ``--prefix DIR`` takes a folder written by ``ctd-hf tune``), beta ``--beta``;
+
+on two engines:
+
+* ``hf``    transformers: ``model.generate()`` for od, ``ctd_hf.generate_doubled()`` (one forward of 2B rows per step)
+  for id and ctd, ``--hf-batch`` (16) prompts per call, longest prompts first as ``ctd-hf eval`` batches them
+  (similar lengths share a batch: less padding), left-padded, stopping when every row of the batch has its EOS;
+* ``vllm``  ``ctd_hf.integrations.vllm.VLLMEngine``: all prompts in one ``generate()`` call, the engine scheduling
+  ``--max-num-seqs`` (32) requests per step (for id and ctd: 16 pairs, the same rows per step as a doubled HF batch
+  of 16).
+
+The prompts are a fixed sample of the SuperNI data shipped in the package: the development sample
+``splits/sample/train_tasks.txt`` (12 training tasks, none of them an official test task), taken round-robin over the
+tasks in the order of the list, the first instances of each (64 prompts: 6 instances of the first 4 tasks, 5 of the
+others), zero-shot in ChatML. A task list holding an official test task is refused.
+
+Timing: the model and the engine are loaded first (their load times are printed but excluded from every throughput);
+one warm-up round (``--warmup-prompts`` prompts, ``--warmup-tokens`` new tokens, every method on both engines); then
+``--reps`` timed rounds, the methods in order and, within a method, HF and vLLM back to back (the order of the two
+alternating between rounds). Throughput = generated tokens actually produced, up to and including each answer's first
+EOS (the tokens HF computes for rows that already finished are not counted), over the wall time of the call. With
+more than one round, medians. The tokens of the two engines are compared prompt by prompt, up to and including the
+first EOS.
+
+    python bench/engines.py                          # about 5-10 minutes on 2 CPU cores
+    python bench/engines.py --prompts 8 --new-tokens 16 --hf-batch 4 --max-num-seqs 8   # smoke run
+
+Needs ``ctd_hf[vllm]`` (docs/serving.md). Prints a Markdown table, the ratios against the targets (PASS/FAIL) and one
+JSON line (``BENCH_JSON {...}``); ``--json-out`` also writes it to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # read when vLLM is imported: keep the benchmark's output short
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+with warnings.catch_warnings():  # vLLM's imports reach torch.jit.script_method, which torch itself deprecated
+    warnings.filterwarnings("ignore", "`torch.jit.script_method` is deprecated", DeprecationWarning)
+    import vllm  # noqa: E402
+    from vllm import SamplingParams  # noqa: E402
+
+    from ctd_hf.integrations.vllm import VLLMEngine  # noqa: E402
+
+import ctd_hf  # noqa: E402
+from ctd_hf import DecodingMethod, format_prompt, generate_doubled, load_model_and_tokenizer  # noqa: E402
+from ctd_hf.decoding.layout import pad_left  # noqa: E402
+from ctd_hf.evaluation.tasks.superni import (SuperNIOptions, load_superni, official_test_tasks_in,  # noqa: E402
+                                              task_names)
+from ctd_hf.models import resolve_model_path  # noqa: E402
+from ctd_hf.prompts import encode_prompt  # noqa: E402
+from ctd_hf.resources import resource_path  # noqa: E402
+
+METHODS = ("od", "id", "ctd")
+ENGINES = ("hf", "vllm")
+PROMPT_FORMAT = "chatml"
+# name -> (numerator, denominator, quantity, comparison, limit)
+TARGETS = {
+    "vLLM od / HF od throughput": (("vllm", "od"), ("hf", "od"), "tokens_per_s", ">=", 2.0),
+    "vLLM ctd / HF ctd (doubled) throughput": (("vllm", "ctd"), ("hf", "ctd"), "tokens_per_s", ">=", 1.5),
+    "vLLM ctd time / vLLM od time": (("vllm", "ctd"), ("vllm", "od"), "wall_s", "<=", 2.2),
+}
+INFO_RATIOS = {  # printed beside the targets, no target of their own
+    "vLLM id / HF id (doubled) throughput": (("vllm", "id"), ("hf", "id"), "tokens_per_s"),
+    "vLLM id time / vLLM od time": (("vllm", "id"), ("vllm", "od"), "wall_s"),
+    "vLLM ctd / vLLM od time per generated token": (("vllm", "ctd"), ("vllm", "od"), "s_per_token"),
+    "HF ctd time / HF od time": (("hf", "ctd"), ("hf", "od"), "wall_s"),
+}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--prompts", type=int, default=64, help="SuperNI prompts (default 64)")
+    parser.add_argument("--new-tokens", type=int, default=64, help="max new tokens per answer (default 64)")
+    parser.add_argument("--tasks", default="sample/train_tasks.txt",
+                        help="task list under the shipped splits/ (default: the development sample, 12 training "
+                             "tasks); lists with an official test task are refused")
+    parser.add_argument("--hf-batch", type=int, default=16, help="prompts per transformers generate() call")
+    parser.add_argument("--max-num-seqs", type=int, default=32, help="vLLM requests per step (even; default 32)")
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.3,
+                        help="vLLM's share of memory for weights and KV cache (on CPU: of host memory)")
+    parser.add_argument("--reps", type=int, default=1, help="timed rounds after the warm-up round (default 1)")
+    parser.add_argument("--warmup-prompts", type=int, default=4)
+    parser.add_argument("--warmup-tokens", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads, set before the engine starts")
+    parser.add_argument("--prefix", type=Path, default=None,
+                        help="a prefix folder written by `ctd-hf tune` (default: 20 random vocabulary embeddings)")
+    parser.add_argument("--prefix-len", type=int, default=20, help="rows of the random prefix")
+    parser.add_argument("--beta", type=float, default=0.3, help="CTD's strength")
+    parser.add_argument("--id-strength", type=float, default=0.3, help="Instructive Decoding's strength")
+    parser.add_argument("--json-out", type=Path, default=None, help="also write the JSON record to this file")
+    return parser.parse_args()
+
+
+def load_items(tasks: str, count: int) -> tuple[list[dict], dict[str, int]]:
+    """``count`` SuperNI items of the shipped task list ``tasks``, round-robin over its tasks (the first instances of
+    each), and how many each task gave."""
+    task_list = resource_path("supernatinst", "splits", tasks)
+    if test_tasks := official_test_tasks_in(task_list):
+        raise SystemExit(f"{tasks} holds official SuperNI test tasks ({', '.join(test_tasks)}): use a development "
+                         "list such as sample/train_tasks.txt.")
+    names = task_names(task_list)
+    items = load_superni(SuperNIOptions(tasks=tasks, max_instances=math.ceil(count / len(names))))
+    rank: dict[str, int] = {}
+    ranked = []
+    for item in items:  # load_superni gives each task's instances together, tasks in the list's order
+        rank[item["group"]] = rank.get(item["group"], -1) + 1
+        ranked.append((rank[item["group"]], names.index(item["group"]), item))
+    chosen = [item for _, _, item in sorted(ranked, key=lambda entry: entry[:2])[:count]]
+    if len(chosen) < count:
+        raise SystemExit(f"{tasks} gives only {len(chosen)} instances, fewer than --prompts {count}.")
+    per_task = {name: sum(item["group"] == name for item in chosen) for name in names}
+    return chosen, per_task
+
+
+def until_eos(row: list[int], eos: int) -> list[int]:
+    """The tokens an answer produced: up to and including its first EOS."""
+    return row[: row.index(eos) + 1] if eos in row else row
+
+
+def busy_jiffies() -> tuple[int, int]:
+    """(jiffies all CPUs spent busy, jiffies this process spent): the difference is other processes' load."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)  # minus idle and iowait
+    own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    return busy, int(own[11]) + int(own[12])  # utime + stime of all threads
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)  # before the engine starts: vLLM's CPU worker then disables set_num_threads
+    torch.manual_seed(0)
+
+    items, per_task = load_items(args.tasks, args.prompts)
+    messages = [item["message"] for item in items]
+
+    t0 = time.perf_counter()
+    model, tokenizer = load_model_and_tokenizer()  # the default model, fp32, CPU
+    model.eval()
+    hf_load_s = time.perf_counter() - t0
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+
+    if args.prefix is not None:
+        prefix_label = str(args.prefix)
+        ctd = DecodingMethod("ctd", prefix=args.prefix, strength=args.beta)
+    else:
+        vocab = model.get_input_embeddings().weight.shape[0]
+        tokens = torch.randint(0, vocab, (args.prefix_len,), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            prefix = model.get_input_embeddings()(tokens).detach().clone()
+        prefix_label = f"{args.prefix_len} random vocabulary embeddings (seed 0)"
+        ctd = DecodingMethod("ctd", prefix=prefix, strength=args.beta)
+    methods = {"od": DecodingMethod("od"), "id": DecodingMethod("id", strength=args.id_strength), "ctd": ctd}
+    ctd_contrast = ctd.contrast(model, tokenizer)  # reads and checks the prefix once
+    prefix_rows = ctd.prefix_length
+
+    prompts = [encode_prompt(format_prompt([message], PROMPT_FORMAT), tokenizer, PROMPT_FORMAT)
+               for message in messages]
+    noisy_ids, noisy_mask = methods["id"].noisy_prompts(tokenizer, messages, PROMPT_FORMAT, model.device)
+    noisy = [row[keep.bool()].tolist() for row, keep in zip(noisy_ids, noisy_mask)]
+    longest = max(max(len(p) + prefix_rows, len(n)) for p, n in zip(prompts, noisy))
+    max_model_len = 16 * math.ceil((longest + args.new_tokens) / 16)
+    hf_order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), items[i]["id"]))  # as ctd-hf eval
+
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():  # the engine's start-up calls torch APIs that torch deprecated (vLLM's code)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        engine = VLLMEngine(resolve_model_path("default"), max_model_len=max_model_len, max_num_seqs=args.max_num_seqs,
+                            dtype="float32", enforce_eager=True, gpu_memory_utilization=args.gpu_memory_utilization)
+    vllm_load_s = time.perf_counter() - t0
+    threads_after_start = torch.get_num_threads()
+
+    def run_hf(name: str, chosen: list[int], new_tokens: int) -> dict[int, list[int]]:
+        method, answers = methods[name], {}
+        for start in range(0, len(chosen), args.hf_batch):
+            rows = chosen[start : start + args.hf_batch]
+            batch = pad_left(tokenizer, [prompts[i] for i in rows])
+            options = dict(**batch, max_new_tokens=new_tokens, do_sample=False, pad_token_id=pad, eos_token_id=eos)
+            with torch.inference_mode():
+                if name == "od":
+                    out = model.generate(**options)
+                else:
+                    if name == "id":
+                        noisy_batch = pad_left(tokenizer, [noisy[i] for i in rows])
+                        contrast = method.contrast(model, tokenizer, (noisy_batch["input_ids"],
+                                                                      noisy_batch["attention_mask"]))
+                    else:
+                        contrast = ctd_contrast
+                    out = generate_doubled(model, contrast, **options)
+            width = batch["input_ids"].shape[1]
+            answers.update((i, until_eos(row, eos)) for i, row in zip(rows, out[:, width:].tolist()))
+        return answers
+
+    def run_vllm(name: str, chosen: list[int], new_tokens: int) -> dict[int, list[int]]:
+        extra = {"noisy_prompts": [noisy[i] for i in chosen]} if name == "id" else {}
+        if name == "ctd":
+            extra["model"] = model
+        outputs = engine.generate([prompts[i] for i in chosen], methods[name],
+                                  SamplingParams(temperature=0, max_tokens=new_tokens), **extra)
+        return {i: until_eos(list(output.outputs[0].token_ids), eos) for i, output in zip(chosen, outputs)}
+
+    runners = {"hf": run_hf, "vllm": run_vllm}
+    every = list(range(len(prompts)))
+    tick = os.sysconf("SC_CLK_TCK")
+    load_before = os.getloadavg()
+    runs: dict[tuple[str, str], list[dict]] = {(engine_name, name): [] for name in METHODS for engine_name in ENGINES}
+    answers: dict[tuple[str, str], dict[int, list[int]]] = {}
+    t_start = time.perf_counter()
+    for rep in range(args.reps + 1):  # round 0 is the warm-up
+        warmup = rep == 0
+        # HF batches the longest prompts first; vLLM takes them in their order and schedules them itself.
+        order = {"hf": every[: args.warmup_prompts], "vllm": every[: args.warmup_prompts]} if warmup else {
+            "hf": hf_order, "vllm": every}
+        new_tokens = args.warmup_tokens if warmup else args.new_tokens
+        for name in METHODS:
+            for engine_name in (ENGINES if rep % 2 == 0 else ENGINES[::-1]):
+                busy0, own0 = busy_jiffies()
+                cpu0, start = time.process_time(), time.perf_counter()
+                got = runners[engine_name](name, order[engine_name], new_tokens)
+                wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
+                busy1, own1 = busy_jiffies()
+                other = max(0.0, ((busy1 - busy0) - (own1 - own0)) / tick / wall)
+                tokens = sum(len(answer) for answer in got.values())
+                print(f"rep {rep}{' (warm-up)' if warmup else ''}: {engine_name:4s} {name:3s} {len(got)} prompts, "
+                      f"{tokens} tokens in {wall:.2f} s ({tokens / wall:.1f} tok/s, {cpu / wall:.2f} cores, other "
+                      f"processes {other:.2f} cores)", file=sys.stderr, flush=True)
+                if warmup:
+                    continue
+                runs[(engine_name, name)].append({"wall_s": wall, "cpu_s": cpu, "tokens": tokens,
+                                                  "tokens_per_s": tokens / wall, "other_cores": other})
+                answers.setdefault((engine_name, name), got)  # the first timed round's tokens
+    total = time.perf_counter() - t_start
+    load_after = os.getloadavg()
+
+    rows = []
+    summary: dict[tuple[str, str], dict[str, float]] = {}
+    for name in METHODS:
+        for engine_name in ENGINES:
+            measured = runs[(engine_name, name)]
+            tokens = statistics.median(run["tokens"] for run in measured)
+            wall = statistics.median(run["wall_s"] for run in measured)
+            summary[(engine_name, name)] = {
+                "wall_s": wall, "tokens": tokens,
+                "tokens_per_s": statistics.median(r["tokens_per_s"] for r in measured),
+                "s_per_token": wall / tokens, "cores": statistics.median(r["cpu_s"] / r["wall_s"] for r in measured),
+                "other_cores": max(run["other_cores"] for run in measured),
+            }
+            rows.append({"engine": engine_name, "method": name, **summary[(engine_name, name)], "runs": measured})
+
+    agreement = {}
+    for name in METHODS:
+        hf_answers, vllm_answers = answers[("hf", name)], answers[("vllm", name)]
+        differ = {i: next((k for k, (a, b) in enumerate(zip(hf_answers[i], vllm_answers[i])) if a != b),
+                          min(len(hf_answers[i]), len(vllm_answers[i])))
+                  for i in every if hf_answers[i] != vllm_answers[i]}
+        agreement[name] = {"equal": len(every) - len(differ), "prompts": len(every),
+                           "first_difference_at": {items[i]["id"]: k for i, k in differ.items()}}
+
+    def ratio(numerator, denominator, quantity) -> float:
+        return summary[numerator][quantity] / summary[denominator][quantity]
+
+    targets = {}
+    for key, (numerator, denominator, quantity, comparison, limit) in TARGETS.items():
+        value = ratio(numerator, denominator, quantity)
+        met = value >= limit if comparison == ">=" else value <= limit
+        targets[key] = {"value": value, "target": f"{comparison} {limit}", "met": met}
+    info = {key: ratio(*spec) for key, spec in INFO_RATIOS.items()}
+
+    print(f"\n## od, id and ctd on transformers and vLLM (CPU): {_cpu_name()}, {args.threads} threads, fp32, greedy\n")
+    print(f"{len(prompts)} SuperNI prompts ({args.tasks}), up to {args.new_tokens} new tokens; HF batch "
+          f"{args.hf_batch} (longest first), vLLM max_num_seqs {args.max_num_seqs}, max_model_len {max_model_len}; "
+          f"ctd prefix: {prefix_label}, beta {args.beta}; id strength {args.id_strength}. Load times (excluded): "
+          f"HF model {hf_load_s:.1f} s, vLLM engine {vllm_load_s:.1f} s.\n")
+    print("| engine | method | wall s | generated tokens | tokens/s | CPU cores used | other processes (cores) |"
+          " runs (s) |")
+    print("|---|---|---:|---:|---:|---:|---:|---|")
+    for row in rows:
+        label = {"hf": "transformers", "vllm": "vLLM"}[row["engine"]]
+        executor = {"od": "generate", "id": "doubled", "ctd": "doubled"}[row["method"]] if row["engine"] == "hf" \
+            else "VLLMEngine"
+        runs_s = ", ".join(f"{run['wall_s']:.2f}" for run in row["runs"])
+        print(f"| {label} ({executor}) | {row['method']} | {row['wall_s']:.2f} | {row['tokens']:.0f} | "
+              f"{row['tokens_per_s']:.1f} | {row['cores']:.2f} | {row['other_cores']:.2f} | {runs_s} |")
+    print("\n| target | measured | target | met |\n|---|---:|---|---|")
+    for key, target in targets.items():
+        print(f"| {key} | {target['value']:.2f}x | {target['target']}x | {'PASS' if target['met'] else 'FAIL'} |")
+    for key, value in info.items():
+        print(f"| {key} | {value:.2f}x | (none) | |")
+    print("\n| method | prompts whose vLLM tokens equal HF's (up to and including the first EOS) |\n|---|---|")
+    for name, agreed in agreement.items():
+        where = agreed["first_difference_at"]
+        detail = f"; first differing token at {sorted(where.values())}" if where else ""
+        print(f"| {name} | {agreed['equal']} / {agreed['prompts']}{detail} |")
+    shared = {f"{row['engine']} {row['method']}": row["other_cores"] for row in rows if row["other_cores"] > 0.1}
+    if shared:
+        print("\nThe machine was shared: other processes used more than 0.1 CPU cores during "
+              + ", ".join(f"{case} ({cores:.2f})" for case, cores in shared.items())
+              + ": those times are disturbed; rerun on a quiet machine.")
+    print(f"\ntotal timed loop {total:.0f} s (warm-up included); load average before {load_before[0]:.2f}, after "
+          f"{load_after[0]:.2f} (1 min); torch threads after the engine started: {threads_after_start}")
+
+    record = {
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "transformers": transformers.__version__, "vllm": vllm.__version__,
+                     "ctd_hf": ctd_hf.__version__},
+        "machine": {"cpu": _cpu_name(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "threads": args.threads, "threads_after_engine_start": threads_after_start, "dtype": "float32",
+        "model": ctd_hf.DEFAULT_MODEL, "prompt_format": PROMPT_FORMAT, "tasks": args.tasks, "per_task": per_task,
+        "prompt_ids": [item["id"] for item in items], "prompt_tokens": [len(p) for p in prompts],
+        "new_tokens": args.new_tokens, "hf_batch": args.hf_batch, "max_num_seqs": args.max_num_seqs,
+        "max_model_len": max_model_len, "gpu_memory_utilization": args.gpu_memory_utilization, "reps": args.reps,
+        "warmup_prompts": args.warmup_prompts, "warmup_tokens": args.warmup_tokens, "prefix": prefix_label,
+        "prefix_rows": prefix_rows, "beta": args.beta, "id_strength": args.id_strength,
+        "load_s": {"hf_model": hf_load_s, "vllm_engine": vllm_load_s},
+        "rows": rows, "shared_machine": shared, "targets": targets, "info_ratios": info, "agreement": agreement,
+        "total_s": total, "loadavg_before": load_before, "loadavg_after": load_after,
+    }
+    line = json.dumps(record)
+    print("BENCH_JSON " + line)
+    if args.json_out:
+        args.json_out.write_text(line + "\n")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    main()

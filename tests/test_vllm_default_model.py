@@ -1,0 +1,122 @@
+"""ctd_hf.integrations.vllm on the real default model (SmolLM2-135M-Instruct): od equals ``model.generate()``, id and
+ctd equal ``generate_doubled`` token for token (greedy, fp32, 4 ChatML prompts), up to and including each answer's
+first EOS (``<|im_end|>``, id 2, which is also the pad token); and the README's vLLM example runs. Slow (the real
+model, one vLLM engine for the module, about 10-20 s to start on CPU); skipped without vLLM (``ctd_hf[vllm]``)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+# vLLM's imports reach torch modules that torch itself deprecated (torch.jit.script_method); the suite's
+# filterwarnings turns that into an error, so it is ignored here by its message and nothing else.
+JIT_DEPRECATION = "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings(JIT_DEPRECATION)]
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", "`torch.jit.script_method` is deprecated", DeprecationWarning)
+    pytest.importorskip("vllm")
+    from vllm import SamplingParams
+
+import torch  # noqa: E402
+
+from ctd_hf import DecodingMethod, format_prompt, generate_doubled, load_model_and_tokenizer  # noqa: E402
+from ctd_hf.decoding.layout import pad_left  # noqa: E402
+from ctd_hf.integrations.vllm import VLLMEngine  # noqa: E402
+from ctd_hf.models import resolve_model_path  # noqa: E402
+from ctd_hf.prompts import encode_prompt  # noqa: E402
+from test_readme import needs_vllm, readme_python_blocks  # noqa: E402
+
+MAX_TOKENS = 48
+MESSAGES = [{"role": "user", "content": text} for text in (
+    "Name three primary colours.", "What is the capital of France?",
+    "Give me a short poem about the sea and the wind, please.", "Sort these numbers: 3, 1, 2.")]
+
+
+def test_readme_vllm_example_runs(tmp_path):
+    """The README's vLLM block, in a process of its own (it starts its own engine: one per process). First in the
+    module, so it runs before the module's engine holds its share of memory."""
+    blocks = [block for block in readme_python_blocks() if needs_vllm(block)]
+    assert len(blocks) == 1
+    result = subprocess.run([sys.executable, "-c", blocks[0]], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert (tmp_path / "runs" / "readme-vllm" / "prefix" / "adapter_model.safetensors").is_file()
+
+
+@pytest.fixture(scope="module")
+def hf():
+    model, tokenizer = load_model_and_tokenizer("default")  # fp32
+    return model.eval(), tokenizer
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """The module's one engine. Its start-up calls torch APIs torch deprecated (``torch.distributed.reduce_op``...):
+    warnings from vLLM's code, not ctd_hf's, so they are ignored here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        return VLLMEngine(resolve_model_path("default"), max_model_len=256, max_num_seqs=8, dtype="float32",
+                          enforce_eager=True, gpu_memory_utilization=0.3)
+
+
+def prompt_ids(tokenizer) -> list[list[int]]:
+    return [encode_prompt(format_prompt([message], "chatml"), tokenizer, "chatml") for message in MESSAGES]
+
+
+def until_eos(row: list[int], eos: int) -> list[int]:
+    return row[: row.index(eos) + 1] if eos in row else row
+
+
+def hf_answers(model, tokenizer, prompts: list[list[int]], contrast) -> list[list[int]]:
+    batch = pad_left(tokenizer, prompts)
+    kwargs = dict(**batch, max_new_tokens=MAX_TOKENS, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                  eos_token_id=tokenizer.eos_token_id)
+    with torch.no_grad():
+        out = model.generate(**kwargs) if contrast is None else generate_doubled(model, contrast, **kwargs)
+    return [until_eos(row.tolist(), tokenizer.eos_token_id) for row in out[:, batch["input_ids"].shape[1]:]]
+
+
+def vllm_answers(engine, tokenizer, prompts, method, **kwargs) -> list[list[int]]:
+    outputs = engine.generate(prompts, method, SamplingParams(temperature=0, max_tokens=MAX_TOKENS), **kwargs)
+    return [until_eos(list(output.outputs[0].token_ids), tokenizer.eos_token_id) for output in outputs]
+
+
+def check_equal(got: list[list[int]], expected: list[list[int]], eos: int) -> None:
+    assert got == expected
+    # The comparison covers both ways an answer ends: at its EOS (included) and at MAX_TOKENS.
+    assert any(answer[-1] == eos for answer in got), "no answer reached its EOS: lengthen MAX_TOKENS"
+
+
+def test_plain_decoding_equals_transformers(engine, hf):
+    model, tokenizer = hf
+    prompts = prompt_ids(tokenizer)
+    check_equal(vllm_answers(engine, tokenizer, prompts, DecodingMethod("od")),
+                hf_answers(model, tokenizer, prompts, None), tokenizer.eos_token_id)
+
+
+def test_instructive_decoding_equals_generate_doubled(engine, hf):
+    model, tokenizer = hf
+    prompts, method = prompt_ids(tokenizer), DecodingMethod("id")  # opposite noise, strength 0.3
+    noisy_ids, noisy_mask = method.noisy_prompts(tokenizer, MESSAGES, "chatml", model.device)
+    expected = hf_answers(model, tokenizer, prompts, method.contrast(model, tokenizer, (noisy_ids, noisy_mask)))
+    got = vllm_answers(engine, tokenizer, prompts, method,
+                       noisy_prompts=[row[keep.bool()].tolist() for row, keep in zip(noisy_ids, noisy_mask)])
+    check_equal(got, expected, tokenizer.eos_token_id)
+    assert got != hf_answers(model, tokenizer, prompts, None)  # the contrast changed something
+
+
+def test_ctd_equals_generate_doubled(engine, hf):
+    model, tokenizer = hf
+    prompts = prompt_ids(tokenizer)
+    embeddings = model.get_input_embeddings()
+    tokens = torch.randint(0, embeddings.weight.shape[0], (20,), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # a 20-row prefix of vocabulary embeddings (a tuned one's scale), strength 0.3
+        method = DecodingMethod("ctd", prefix=embeddings(tokens).clone())
+    expected = hf_answers(model, tokenizer, prompts, method.contrast(model, tokenizer))
+    got = vllm_answers(engine, tokenizer, prompts, method, model=model)
+    check_equal(got, expected, tokenizer.eos_token_id)
+    assert got != hf_answers(model, tokenizer, prompts, None)
