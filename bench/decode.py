@@ -55,6 +55,8 @@ from ctd_hf import (
     noisy_instruction,
 )
 
+from machine import cpu_name  # bench/, this script's folder
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "src" / "ctd_hf" / "resources" / "sft" / "alpaca_en_demo.json"
 
@@ -258,7 +260,7 @@ def main() -> None:
         f"doubled {L}/{n} <= 2.2": _check(derived[f"doubled_{L}_over_{n}"][0], TARGETS["long_over_short"]),
     }
 
-    print(f"\n## CTD decoding (CPU): {_cpu_name()}, {args.threads} threads, fp32, greedy\n")
+    print(f"\n## CTD decoding (CPU): {cpu_name()}, {args.threads} threads, fp32, greedy\n")
     print("| method | batch | new tokens | median s | ms/step | vs greedy (same batch, same length) | runs (s) |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:
@@ -284,7 +286,7 @@ def main() -> None:
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__, "ctd_hf": ctd_hf.__version__},
-        "machine": {"cpu": _cpu_name(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {"cpu": cpu_name(), "cpus": os.cpu_count(), "platform": platform.platform()},
         "threads": torch.get_num_threads(), "dtype": "float32",
         "attn_implementation": model.config._attn_implementation, "model": ctd_hf.DEFAULT_MODEL,
         "reps": args.reps, "warmup_tokens": args.warmup_tokens, "new_tokens": n, "long_tokens": L, "batch": B,
@@ -304,15 +306,6 @@ def _check(value: float | None, limit: float) -> tuple[float | None, str]:
         return None, "not measured"
     return value, "yes" if value <= limit else "NO"
 
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -72,6 +72,7 @@ from ctd_hf.evaluation.tasks.superni import (SuperNIOptions, load_superni, offic
 from ctd_hf.models import resolve_model_path  # noqa: E402
 from ctd_hf.prompts import encode_prompt  # noqa: E402
 from ctd_hf.resources import resource_path  # noqa: E402
+from machine import cpu_name  # noqa: E402  (bench/, this script's folder)
 
 METHODS = ("od", "id", "ctd")
 ENGINES = ("hf", "vllm")
@@ -289,7 +290,7 @@ def main() -> None:
         targets[key] = {"value": value, "target": f"{comparison} {limit}", "met": met}
     info = {key: ratio(*spec) for key, spec in INFO_RATIOS.items()}
 
-    print(f"\n## od, id and ctd on transformers and vLLM (CPU): {_cpu_name()}, {args.threads} threads, fp32, greedy\n")
+    print(f"\n## od, id and ctd on transformers and vLLM (CPU): {cpu_name()}, {args.threads} threads, fp32, greedy\n")
     print(f"{len(prompts)} SuperNI prompts ({args.tasks}), up to {args.new_tokens} new tokens; HF batch "
           f"{args.hf_batch} (longest first), vLLM max_num_seqs {args.max_num_seqs}, max_model_len {max_model_len}; "
           f"ctd prefix: {prefix_label}, beta {args.beta}; id strength {args.id_strength}. Load times (excluded): "
@@ -327,7 +328,7 @@ def main() -> None:
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__, "vllm": vllm.__version__,
                      "ctd_hf": ctd_hf.__version__},
-        "machine": {"cpu": _cpu_name(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {"cpu": cpu_name(), "cpus": os.cpu_count(), "platform": platform.platform()},
         "threads": args.threads, "threads_after_engine_start": threads_after_start, "dtype": "float32",
         "model": ctd_hf.DEFAULT_MODEL, "prompt_format": PROMPT_FORMAT, "tasks": args.tasks, "per_task": per_task,
         "prompt_ids": [item["id"] for item in items], "prompt_tokens": [len(p) for p in prompts],
@@ -344,15 +345,6 @@ def main() -> None:
     if args.json_out:
         args.json_out.write_text(line + "\n")
 
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -41,6 +41,8 @@ import time
 import warnings
 from pathlib import Path
 
+from machine import cpu_name  # bench/, this script's folder
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT / "src" / "ctd_hf" / "resources" / "sft" / "alpaca_en_demo.json"
 TARGET_TIME, TARGET_MEMORY = 1.4, 1.15
@@ -294,7 +296,7 @@ def main() -> None:
         f"Command: `{command}` (git {_git_state()})",
         f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
         f"Python {platform.python_version()}; torch.set_num_threads({args.threads}); {os.cpu_count()} CPUs "
-        f"({_cpu_name()}), no GPU; attention {timing['attn_implementation']}",
+        f"({cpu_name()}), no GPU; attention {timing['attn_implementation']}",
         f"Batch {args.batch_size} x {args.seq_len} tokens, no padding (label tokens per batch: "
         f"{timing['label_tokens_per_batch'][: args.warmup + args.steps]}), prefix {args.prefix} virtual tokens, "
         f"alpha {args.alpha}, {timing['optimizer']} ({timing['optim_arg']}) over the prefix only",
@@ -370,12 +372,6 @@ def _git_state() -> str:
         return "unknown"
     return head + (" + uncommitted changes in src/" if dirty else "")
 
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
 
 
 if __name__ == "__main__":

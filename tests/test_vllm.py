@@ -111,9 +111,11 @@ def until_eos(row: list[int], eos: int) -> list[int]:
     return row[: row.index(eos) + 1] if eos in row else row
 
 
-def hf_answers(model, tokenizer, prompts: list[list[int]], contrast) -> list[list[int]]:
+def hf_answers(model, tokenizer, prompts: list[list[int]], contrast, max_new_tokens: int = MAX_TOKENS
+               ) -> list[list[int]]:
+    """Greedy answers of ``generate()`` (``contrast`` None) or ``generate_doubled``, each up to its first EOS."""
     batch = pad_left(tokenizer, prompts)
-    kwargs = dict(**batch, max_new_tokens=MAX_TOKENS, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+    kwargs = dict(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
                   eos_token_id=tokenizer.eos_token_id)
     with torch.no_grad():
         out = model.generate(**kwargs) if contrast is None else generate_doubled(model, contrast, **kwargs)

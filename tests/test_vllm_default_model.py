@@ -22,17 +22,14 @@ with warnings.catch_warnings():
 
 import torch  # noqa: E402
 
-from ctd_hf import DecodingMethod, format_prompt, generate_doubled, load_model_and_tokenizer  # noqa: E402
-from ctd_hf.decoding.layout import pad_left  # noqa: E402
+from ctd_hf import DecodingMethod, format_prompt, load_model_and_tokenizer  # noqa: E402
 from ctd_hf.integrations.vllm import VLLMEngine  # noqa: E402
 from ctd_hf.models import resolve_model_path  # noqa: E402
 from ctd_hf.prompts import encode_prompt  # noqa: E402
 from test_readme import needs_vllm, readme_python_blocks  # noqa: E402
+from test_vllm import MESSAGES, hf_answers, until_eos  # noqa: E402
 
 MAX_TOKENS = 48
-MESSAGES = [{"role": "user", "content": text} for text in (
-    "Name three primary colours.", "What is the capital of France?",
-    "Give me a short poem about the sea and the wind, please.", "Sort these numbers: 3, 1, 2.")]
 
 
 def test_readme_vllm_example_runs(tmp_path):
@@ -67,19 +64,6 @@ def prompt_ids(tokenizer) -> list[list[int]]:
     return [encode_prompt(format_prompt([message], "chatml"), tokenizer, "chatml") for message in MESSAGES]
 
 
-def until_eos(row: list[int], eos: int) -> list[int]:
-    return row[: row.index(eos) + 1] if eos in row else row
-
-
-def hf_answers(model, tokenizer, prompts: list[list[int]], contrast) -> list[list[int]]:
-    batch = pad_left(tokenizer, prompts)
-    kwargs = dict(**batch, max_new_tokens=MAX_TOKENS, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                  eos_token_id=tokenizer.eos_token_id)
-    with torch.no_grad():
-        out = model.generate(**kwargs) if contrast is None else generate_doubled(model, contrast, **kwargs)
-    return [until_eos(row.tolist(), tokenizer.eos_token_id) for row in out[:, batch["input_ids"].shape[1]:]]
-
-
 def vllm_answers(engine, tokenizer, prompts, method, **kwargs) -> list[list[int]]:
     outputs = engine.generate(prompts, method, SamplingParams(temperature=0, max_tokens=MAX_TOKENS), **kwargs)
     return [until_eos(list(output.outputs[0].token_ids), tokenizer.eos_token_id) for output in outputs]
@@ -95,18 +79,19 @@ def test_plain_decoding_equals_transformers(engine, hf):
     model, tokenizer = hf
     prompts = prompt_ids(tokenizer)
     check_equal(vllm_answers(engine, tokenizer, prompts, DecodingMethod("od")),
-                hf_answers(model, tokenizer, prompts, None), tokenizer.eos_token_id)
+                hf_answers(model, tokenizer, prompts, None, MAX_TOKENS), tokenizer.eos_token_id)
 
 
 def test_instructive_decoding_equals_generate_doubled(engine, hf):
     model, tokenizer = hf
     prompts, method = prompt_ids(tokenizer), DecodingMethod("id")  # opposite noise, strength 0.3
     noisy_ids, noisy_mask = method.noisy_prompts(tokenizer, MESSAGES, "chatml", model.device)
-    expected = hf_answers(model, tokenizer, prompts, method.contrast(model, tokenizer, (noisy_ids, noisy_mask)))
+    contrast = method.contrast(model, tokenizer, (noisy_ids, noisy_mask))
+    expected = hf_answers(model, tokenizer, prompts, contrast, MAX_TOKENS)
     got = vllm_answers(engine, tokenizer, prompts, method,
                        noisy_prompts=[row[keep.bool()].tolist() for row, keep in zip(noisy_ids, noisy_mask)])
     check_equal(got, expected, tokenizer.eos_token_id)
-    assert got != hf_answers(model, tokenizer, prompts, None)  # the contrast changed something
+    assert got != hf_answers(model, tokenizer, prompts, None, MAX_TOKENS)  # the contrast changed something
 
 
 def test_ctd_equals_generate_doubled(engine, hf):
@@ -116,7 +101,7 @@ def test_ctd_equals_generate_doubled(engine, hf):
     tokens = torch.randint(0, embeddings.weight.shape[0], (20,), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():  # a 20-row prefix of vocabulary embeddings (a tuned one's scale), strength 0.3
         method = DecodingMethod("ctd", prefix=embeddings(tokens).clone())
-    expected = hf_answers(model, tokenizer, prompts, method.contrast(model, tokenizer))
+    expected = hf_answers(model, tokenizer, prompts, method.contrast(model, tokenizer), MAX_TOKENS)
     got = vllm_answers(engine, tokenizer, prompts, method, model=model)
     check_equal(got, expected, tokenizer.eos_token_id)
-    assert got != hf_answers(model, tokenizer, prompts, None)
+    assert got != hf_answers(model, tokenizer, prompts, None, MAX_TOKENS)
