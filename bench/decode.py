@@ -307,6 +307,5 @@ def _check(value: float | None, limit: float) -> tuple[float | None, str]:
     return value, "yes" if value <= limit else "NO"
 
 
-
 if __name__ == "__main__":
     main()

@@ -346,6 +346,5 @@ def main() -> None:
         args.json_out.write_text(line + "\n")
 
 
-
 if __name__ == "__main__":
     main()

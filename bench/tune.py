@@ -373,6 +373,5 @@ def _git_state() -> str:
     return head + (" + uncommitted changes in src/" if dirty else "")
 
 
-
 if __name__ == "__main__":
     main()
