@@ -142,10 +142,10 @@ def main() -> None:
             return model.generate(**batches[b], logits_processor=[processor], **common(n))
 
     def run_stream(b, n):
-        return stream(b, n, CTDProcessor(model, prefix, beta=args.beta))
+        return stream(b, n, CTDProcessor(model, prefix, strength=args.beta))
 
     def run_doubled(b, n):
-        return ctd_hf.generate_doubled(model, CTDContrast(model, prefix, beta=args.beta), **batches[b], **common(n))
+        return ctd_hf.generate_doubled(model, CTDContrast(model, prefix, strength=args.beta), **batches[b], **common(n))
 
     def instructive(b):
         noisy = noisy_prompts[b]
@@ -158,7 +158,8 @@ def main() -> None:
         return ctd_hf.generate_doubled(model, instructive(b), **batches[b], **common(n))
 
     def run_cd_stream(b, n):
-        return stream(b, n, ContrastiveDecodingProcessor(model, model, alpha=0.1, beta=1.0, tokenizer=tokenizer))
+        return stream(b, n, ContrastiveDecodingProcessor(model, model, plausibility=0.1, strength=1.0,
+                                                         tokenizer=tokenizer))
 
     def run_peer(b, n):
         neg = negatives[b]

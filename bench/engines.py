@@ -14,7 +14,7 @@ on two engines:
 * ``hf``    transformers: ``model.generate()`` for od, ``ctd_hf.generate_doubled()`` (one forward of 2B rows per step)
   for id and ctd, ``--hf-batch`` (16) prompts per call, longest prompts first as ``ctd-hf eval`` batches them
   (similar lengths share a batch: less padding), left-padded, stopping when every row of the batch has its EOS;
-* ``vllm``  ``ctd_hf.integrations.vllm.VLLMEngine``: all prompts in one ``generate()`` call, the engine scheduling
+* ``vllm``  ``ctd_hf.integrations.vllm.VLLMEngine``: all prompts in one ``decode()`` call, the engine scheduling
   ``--max-num-seqs`` (32) requests per step (for id and ctd: 16 pairs, the same rows per step as a doubled HF batch
   of 16).
 
@@ -65,7 +65,8 @@ with warnings.catch_warnings():  # vLLM's imports reach torch.jit.script_method,
     from ctd_hf.integrations.vllm import VLLMEngine  # noqa: E402
 
 import ctd_hf  # noqa: E402
-from ctd_hf import DecodingMethod, format_prompt, generate_doubled, load_model_and_tokenizer  # noqa: E402
+from ctd_hf import (CTDMethod, IDMethod, ODMethod, format_prompt, generate_doubled,  # noqa: E402
+                    load_model_and_tokenizer)
 from ctd_hf.decoding.layout import pad_left  # noqa: E402
 from ctd_hf.evaluation.tasks.superni import (SuperNIOptions, load_superni, official_test_tasks_in,  # noqa: E402
                                               task_names)
@@ -164,23 +165,23 @@ def main() -> None:
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
 
     if args.prefix is not None:
-        prefix_label = str(args.prefix)
-        ctd = DecodingMethod("ctd", prefix=args.prefix, strength=args.beta)
+        prefix_label, prefix = str(args.prefix), args.prefix
     else:
         vocab = model.get_input_embeddings().weight.shape[0]
         tokens = torch.randint(0, vocab, (args.prefix_len,), generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             prefix = model.get_input_embeddings()(tokens).detach().clone()
         prefix_label = f"{args.prefix_len} random vocabulary embeddings (seed 0)"
-        ctd = DecodingMethod("ctd", prefix=prefix, strength=args.beta)
-    methods = {"od": DecodingMethod("od"), "id": DecodingMethod("id", strength=args.id_strength), "ctd": ctd}
-    ctd_contrast = ctd.contrast(model, tokenizer)  # reads and checks the prefix once
-    prefix_rows = ctd.prefix_length
+    # Bound once: the prefix is read and checked once.
+    specs = {"od": ODMethod(), "id": IDMethod(strength=args.id_strength),
+             "ctd": CTDMethod(prefix=prefix, strength=args.beta)}
+    methods = {name: spec.bind(model, tokenizer) for name, spec in specs.items()}
+    prefix_rows = methods["ctd"].prefix_length
 
     prompts = [encode_prompt(format_prompt([message], PROMPT_FORMAT), tokenizer, PROMPT_FORMAT)
                for message in messages]
-    noisy_ids, noisy_mask = methods["id"].noisy_prompts(tokenizer, messages, PROMPT_FORMAT, model.device)
-    noisy = [row[keep.bool()].tolist() for row, keep in zip(noisy_ids, noisy_mask)]
+    noisy = [encode_prompt(format_prompt([methods["id"].second_message(message)], PROMPT_FORMAT), tokenizer,
+                           PROMPT_FORMAT) for message in messages]
     longest = max(max(len(p) + prefix_rows, len(n)) for p, n in zip(prompts, noisy))
     max_model_len = 16 * math.ceil((longest + args.new_tokens) / 16)
     hf_order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), items[i]["id"]))  # as ctd-hf eval
@@ -195,32 +196,22 @@ def main() -> None:
     threads_after_start = torch.get_num_threads()
 
     def run_hf(name: str, chosen: list[int], new_tokens: int) -> dict[int, list[int]]:
-        method, answers = methods[name], {}
+        answers = {}
         for start in range(0, len(chosen), args.hf_batch):
             rows = chosen[start : start + args.hf_batch]
             batch = pad_left(tokenizer, [prompts[i] for i in rows])
             options = dict(**batch, max_new_tokens=new_tokens, do_sample=False, pad_token_id=pad, eos_token_id=eos)
             with torch.inference_mode():
-                if name == "od":
-                    out = model.generate(**options)
-                else:
-                    if name == "id":
-                        noisy_batch = pad_left(tokenizer, [noisy[i] for i in rows])
-                        contrast = method.contrast(model, tokenizer, (noisy_batch["input_ids"],
-                                                                      noisy_batch["attention_mask"]))
-                    else:
-                        contrast = ctd_contrast
-                    out = generate_doubled(model, contrast, **options)
+                contrast = methods[name].contrast_for([messages[i] for i in rows], PROMPT_FORMAT)
+                out = model.generate(**options) if contrast is None else generate_doubled(model, contrast, **options)
             width = batch["input_ids"].shape[1]
             answers.update((i, until_eos(row, eos)) for i, row in zip(rows, out[:, width:].tolist()))
         return answers
 
     def run_vllm(name: str, chosen: list[int], new_tokens: int) -> dict[int, list[int]]:
-        extra = {"noisy_prompts": [noisy[i] for i in chosen]} if name == "id" else {}
-        if name == "ctd":
-            extra["model"] = model
-        outputs = engine.generate([prompts[i] for i in chosen], methods[name],
-                                  SamplingParams(temperature=0, max_tokens=new_tokens), **extra)
+        contrast = methods[name].contrast_for([messages[i] for i in chosen], PROMPT_FORMAT)
+        outputs = engine.decode([prompts[i] for i in chosen], contrast,
+                                SamplingParams(temperature=0, max_tokens=new_tokens))
         return {i: until_eos(list(output.outputs[0].token_ids), eos) for i, output in zip(chosen, outputs)}
 
     runners = {"hf": run_hf, "vllm": run_vllm}

@@ -33,7 +33,7 @@ def main() -> None:
     prompt = format_prompt([{"role": "user", "content": "Name three primary colours."}], "chatml")
     inputs = tokenizer([prompt], return_tensors="pt").to(model.device)
     model.eval()
-    with ContrastProcessor(LoRAContrast(model, beta=0.3)) as processor:
+    with ContrastProcessor(LoRAContrast(model, strength=0.3)) as processor:
         output = model.generate(**inputs, logits_processor=[processor], max_new_tokens=32, do_sample=False,
                                 pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
     print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from ctd_hf import DecodingMethod, TuneSettings, generate_answers, load_model_and_tokenizer, tune
+from ctd_hf import CTDMethod, IDMethod, ODMethod, TuneSettings, generate_answers, load_model_and_tokenizer, tune
 
 PROMPTS = ["Name three primary colours.", "Give one tip for sleeping well.",
            "Is the following sentence positive or negative? 'I loved the film.'"]
@@ -30,8 +30,7 @@ def main() -> None:
 
     model, tokenizer = load_model_and_tokenizer(args.model)
     messages = [{"role": "user", "content": prompt} for prompt in PROMPTS]
-    methods = {"od": DecodingMethod("od"), "id": DecodingMethod("id"),
-               "ctd": DecodingMethod("ctd", prefix=args.output_dir, strength=0.3)}
+    methods = {"od": ODMethod(), "id": IDMethod(), "ctd": CTDMethod(prefix=args.output_dir, strength=0.3)}
     answers = {name: generate_answers(model, tokenizer, messages, method, max_new_tokens=args.max_new_tokens,
                                       do_sample=False) for name, method in methods.items()}
     for index, prompt in enumerate(PROMPTS):

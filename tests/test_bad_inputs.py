@@ -18,9 +18,9 @@ import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
 from ctd_hf import (AdapterMismatchError, ContrastiveDecodingContrast, ContrastProcessor, CTDConfig, CTDContrast,
-                    CTDProcessor, CTDTrainer, DecodingMethod, EvalSettings, InstructiveContrast, OriginalPredictions,
-                    RightPaddingCollator, add_soft_prefix, generate_doubled, get_task, load_model_and_tokenizer,
-                    load_sft_data, run_evaluation, tokenize_sft)
+                    CTDMethod, CTDProcessor, CTDTrainer, DecodingMethod, EvalSettings, InstructiveContrast, ODMethod,
+                    OriginalPredictions, RightPaddingCollator, add_soft_prefix, generate_doubled, get_task,
+                    load_model_and_tokenizer, load_sft_data, run_evaluation, tokenize_sft)
 from ctd_hf.models import ensure_pad_token
 from ctd_hf.adapter import write_card
 
@@ -90,13 +90,13 @@ def test_prefix_holding_nan(model, prefix):
 @pytest.mark.parametrize("beta, error, words", [("abc", TypeError, "must be a number"), (-0.1, ValueError, ">= 0"),
                                                 (float("inf"), ValueError, "finite")])
 def test_bad_beta(model, prefix, beta, error, words):
-    with expect(error, "`beta`", words):
-        CTDContrast(model, prefix, beta=beta)
+    with expect(error, "`strength`", words):
+        CTDContrast(model, prefix, strength=beta)
 
 
 def test_strength_overflowing_the_scores(model, prefix, inputs):
     with expect(ValueError, "strength", "lower the strength"):
-        generate_doubled(model, CTDContrast(model, prefix, beta=1e38), **inputs, max_new_tokens=2, pad_token_id=0)
+        generate_doubled(model, CTDContrast(model, prefix, strength=1e38), **inputs, max_new_tokens=2, pad_token_id=0)
 
 
 def test_right_padded_batch(model, prefix, tok):
@@ -187,8 +187,8 @@ def test_amateur_with_another_vocabulary(model, tok):
 
 
 def test_plausibility_out_of_range(model):
-    with expect(ValueError, "`alpha`", r"\(0, 1\]"):
-        ContrastiveDecodingContrast(model, model, alpha=1.5)
+    with expect(ValueError, "`plausibility`", r"\(0, 1\]"):
+        ContrastiveDecodingContrast(model, model, plausibility=1.5)
 
 
 def test_prompt_and_prefix_longer_than_the_positions(tok, prefix):
@@ -224,18 +224,18 @@ def test_bad_method_settings(kwargs, words):
     error = TypeError if kwargs.get("strength") == "strong" else ValueError
     name = kwargs.pop("name")
     with expect(error, *words):
-        DecodingMethod(name, **kwargs)
+        DecodingMethod.from_name(name, **kwargs)
 
 
 def test_prefix_folder_without_weights(tmp_path):
     with expect(FileNotFoundError, "adapter_model.safetensors", "ctd-hf tune"):
-        DecodingMethod("ctd", prefix=str(tmp_path))
+        CTDMethod(prefix=str(tmp_path))
 
 
 def test_prefix_folder_for_another_model(prefix_dir, tok):
     other = build_model(len(tok) + 8)
     with expect(AdapterMismatchError, "vocabulary", "train a new one"):
-        DecodingMethod("ctd", prefix=str(prefix_dir)).check(other, tok)
+        CTDMethod(prefix=str(prefix_dir)).bind(other, tok)
 
 
 def test_soft_prefix_of_zero_tokens(model):
@@ -346,28 +346,28 @@ def test_superni_task_list_naming_a_missing_task(tmp_path):
 
 def test_evaluation_without_benchmarks(model, tok, tmp_path):
     with expect(ValueError, "benchmarks", "at least one"):
-        run_evaluation(model, tok, {"od": DecodingMethod("od")}, EvalSettings(benchmarks=()), tmp_path, "tiny")
+        run_evaluation(model, tok, {"od": ODMethod()}, EvalSettings(benchmarks=()), tmp_path, "tiny")
 
 
 def test_evaluation_into_a_file(model, tok, tmp_path):
     (tmp_path / "out").write_text("")
     settings = EvalSettings(options={"superni": {"max_instances": 1}}, max_new_tokens={"superni": 2})
     with expect(NotADirectoryError, "out", "another output folder"):
-        run_evaluation(model, tok, {"od": DecodingMethod("od")}, settings, tmp_path / "out", "tiny")
+        run_evaluation(model, tok, {"od": ODMethod()}, settings, tmp_path / "out", "tiny")
 
 
 def test_evaluation_prompts_longer_than_the_model(model, tok, tmp_path):
     settings = EvalSettings(options={"superni": {"max_instances": 1}})
     with expect(ValueError, "positions", "lower max_source_tokens"):
-        run_evaluation(model, tok, {"od": DecodingMethod("od")}, settings, tmp_path, "tiny")
+        run_evaluation(model, tok, {"od": ODMethod()}, settings, tmp_path, "tiny")
     assert not (tmp_path / "eval_settings.json").exists()
 
 
 def test_evaluation_refuses_choice_tasks_on_another_engine(model, tok, tmp_path):
     """MMLU is scored from the first step's logits, which the vLLM engine does not return; refused before writing."""
     with expect(ValueError, "mmlu scores the first step's logits", "vllm engine", "hf engine"):
-        run_evaluation(model, tok, {"od": DecodingMethod("od")}, EvalSettings(benchmarks=("superni", "mmlu")),
-                       tmp_path, "tiny", engine=SimpleNamespace(name="vllm"))
+        run_evaluation(model, tok, {"od": ODMethod()}, EvalSettings(benchmarks=("superni", "mmlu")),
+                       tmp_path, "tiny", engine=SimpleNamespace(name="vllm", reads_scores=False))
     assert not (tmp_path / "eval_settings.json").exists()
 
 
@@ -491,9 +491,9 @@ def test_answers_for_no_message_or_too_long_prompts(model, tok):
     from ctd_hf import generate_answers
 
     with expect(ValueError, "No message", "at least one"):
-        generate_answers(model, tok, [], DecodingMethod("od"))
+        generate_answers(model, tok, [], ODMethod())
     with expect(ValueError, "positions", "lower max_new_tokens"):
-        generate_answers(model, tok, [{"role": "user", "content": "word " * 400}], DecodingMethod("od"),
+        generate_answers(model, tok, [{"role": "user", "content": "word " * 400}], ODMethod(),
                          max_new_tokens=8)
 
 
@@ -510,7 +510,7 @@ def test_source_budget_below_the_instruction(model, tok, tmp_path):
     long = build_model(len(tok), max_position_embeddings=4096)
     settings = EvalSettings(options={"superni": {"max_instances": 1}}, max_source_tokens=8)
     with expect(ValueError, "alone holds", "Raise max_source_tokens"):
-        run_evaluation(long, tok, {"od": DecodingMethod("od")}, settings, tmp_path / "run", "tiny")
+        run_evaluation(long, tok, {"od": ODMethod()}, settings, tmp_path / "run", "tiny")
     assert not (tmp_path / "run").exists()
 
 

@@ -66,7 +66,7 @@ def test_instructive_decoding_equals_brute_force(left_tokenizer):
 def test_contrastive_decoding_equals_brute_force(left_tokenizer):
     expert, amateur = expert_and_amateur(len(left_tokenizer))
     inputs = left_tokenizer(PROMPTS, return_tensors="pt", padding=True)
-    processor = ContrastiveDecodingProcessor(expert, amateur, alpha=0.1, beta=1.0, amateur_temperature=0.7)
+    processor = ContrastiveDecodingProcessor(expert, amateur, plausibility=0.1, strength=1.0, amateur_temperature=0.7)
     output = greedy(expert, inputs, processor)
     assert not torch.equal(output, greedy(expert, inputs))
     length = inputs["input_ids"].shape[1]
@@ -93,9 +93,9 @@ def test_zero_strength_is_plain_decoding(left_tokenizer):
     assert torch.equal(greedy(expert, inputs, InstructiveDecodingProcessor(expert, none_noise["input_ids"],
                                                                            none_noise["attention_mask"], 0.0)), plain)
     # beta = 0: the expert restricted to its plausible set, whose argmax is the expert's argmax.
-    assert torch.equal(greedy(expert, inputs, ContrastiveDecodingProcessor(expert, amateur, beta=0.0)), plain)
+    assert torch.equal(greedy(expert, inputs, ContrastiveDecodingProcessor(expert, amateur, strength=0.0)), plain)
     expert_lp = torch.log_softmax(torch.tensor([[2.0, 1.0, -3.0]]), dim=-1)
-    scores = contrastive_decoding_scores(expert_lp, torch.zeros(1, 3), alpha=0.1, beta=0.0)
+    scores = contrastive_decoding_scores(expert_lp, torch.zeros(1, 3), plausibility=0.1, strength=0.0)
     assert torch.equal(scores[0, :2], expert_lp[0, :2]) and scores[0, 2] == float("-inf")
 
 
@@ -113,7 +113,8 @@ def test_padded_amateur_vocabulary_is_handled_and_real_mismatch_refused(left_tok
     changed.add_tokens(["<extra_token>"])
     with pytest.raises(ValueError, match="tokenizers differ"):
         ContrastiveDecodingProcessor(expert, expert, tokenizer=left_tokenizer, amateur_tokenizer=changed)
-    for kwargs, message in (({"alpha": 0.0}, "alpha"), ({"beta": -1.0}, "beta"), ({"amateur_temperature": 0}, "temp")):
+    for kwargs, message in (({"plausibility": 0.0}, "plausibility"), ({"strength": -1.0}, "strength"),
+                            ({"amateur_temperature": 0}, "temp")):
         with pytest.raises(ValueError, match=message):
             ContrastiveDecodingProcessor(expert, expert, **kwargs)
 

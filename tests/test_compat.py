@@ -84,7 +84,7 @@ def test_executors_raise_no_deprecation(strict, left_tokenizer):
     model = build_model(len(left_tokenizer), initializer_range=0.2)
     inputs = left_tokenizer(["Name three colours.", "Capital of France?"], return_tensors="pt", padding=True)
     options = dict(**inputs, max_new_tokens=4, min_new_tokens=4, pad_token_id=left_tokenizer.pad_token_id)
-    ctd = CTDContrast(model, torch.randn(4, 32), beta=0.5)
+    ctd = CTDContrast(model, torch.randn(4, 32), strength=0.5)
     noisy = left_tokenizer(["Never answer.", "Say something wrong."], return_tensors="pt", padding=True)
     instructive = InstructiveContrast(model, noisy["input_ids"], noisy["attention_mask"], strength=0.3)
     for contrast in (ctd, instructive):

@@ -26,7 +26,7 @@ def lively(tokenizer):
     """A tiny random Llama whose greedy answers vary (larger init), a CTD contrast that changes them, a batch."""
     model = build_model(len(tokenizer), initializer_range=0.2)
     torch.manual_seed(0)
-    contrast = CTDContrast(model, torch.randn(4, 32), beta=0.5)
+    contrast = CTDContrast(model, torch.randn(4, 32), strength=0.5)
     tokenizer.pad_token = tokenizer.eos_token
     inputs = tokenizer(["Name three colours.", "What is the capital of France? Answer:"], return_tensors="pt",
                        padding=True, padding_side="left")
@@ -57,7 +57,7 @@ def test_callable_runs_id_and_cd_and_returns_generate_outputs(lively):
     assert torch.equal(model.generate(**inputs, custom_generate=ctd_hf.custom_generate, contrast=instructive),
                        generate_doubled(model, instructive, **inputs))
     amateur = build_model(model.config.vocab_size, seed=1, num_hidden_layers=1, initializer_range=0.2)
-    contrastive = ContrastiveDecodingContrast(model, amateur, alpha=0.1, beta=1.0)
+    contrastive = ContrastiveDecodingContrast(model, amateur, plausibility=0.1, strength=1.0)
     with ContrastProcessor(contrastive) as processor:
         expected = model.generate(**inputs, logits_processor=[processor])
     assert torch.equal(model.generate(**inputs, custom_generate=ctd_hf.custom_generate, contrast=contrastive,
@@ -176,8 +176,8 @@ def test_exported_folder_decodes_ctd(prefix_dir, tiny_model_dir, tokenizer, caps
                        padding=True, padding_side="left")
     options = dict(**inputs, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     for beta in (0.5, 2.0):
-        expected = generate_doubled(model, CTDContrast(model, prefix_dir, beta=beta), **options)
-        extra = {} if beta == 0.5 else {"beta": beta}  # 0.5 is the exported default
+        expected = generate_doubled(model, CTDContrast(model, prefix_dir, strength=beta), **options)
+        extra = {} if beta == 0.5 else {"strength": beta}  # 0.5 is the exported default
         output = model.generate(**options, custom_generate=str(prefix_dir), trust_remote_code=True, **extra)
         assert torch.equal(output, expected)
     assert not torch.equal(model.generate(**options), expected)  # beta 2 changes the answers
@@ -221,10 +221,10 @@ def test_streamers_receive_the_tokens(prefix_dir, tiny_model_dir, lively):
     with pytest.raises(ValueError, match="beam search"):
         model.generate(**one, custom_generate=ctd_hf.custom_generate, contrast=contrast, token_streamer=Collect(),
                        num_beams=2)
-    export_custom_generate(prefix_dir, beta=0.5)
+    export_custom_generate(prefix_dir, strength=0.5)
     tiny = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     options = {**one, "max_new_tokens": 4}
-    expected = generate_doubled(tiny, CTDContrast(tiny, prefix_dir, beta=0.5), **options)
+    expected = generate_doubled(tiny, CTDContrast(tiny, prefix_dir, strength=0.5), **options)
     streamer = Collect()
     tiny.generate(**options, custom_generate=str(prefix_dir), trust_remote_code=True, streamer=streamer)
     assert torch.equal(torch.cat(streamer.tokens), expected[0]) and streamer.ended

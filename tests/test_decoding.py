@@ -61,7 +61,7 @@ def test_greedy_equals_brute_force_argmax(left_tokenizer, kind):
     model = make_model(kind, len(left_tokenizer))
     prefix = make_prefix(model)
     inputs = left_tokenizer(PROMPTS, return_tensors="pt", padding=True)
-    output = greedy(model, inputs, CTDProcessor(model, prefix, beta=BETA))
+    output = greedy(model, inputs, CTDProcessor(model, prefix, strength=BETA))
     assert not torch.equal(output, greedy(model, inputs)), "the contrast should change some tokens"
     prompt_length = inputs["input_ids"].shape[1]
     for row, mask in zip(output, inputs["attention_mask"]):
@@ -73,7 +73,7 @@ def test_greedy_equals_brute_force_argmax(left_tokenizer, kind):
 def test_beta_zero_is_plain_generate(left_tokenizer, tiny_model):
     model = make_model("llama-tied", len(left_tokenizer))
     inputs = left_tokenizer(PROMPTS, return_tensors="pt", padding=True)
-    processor = CTDProcessor(model, make_prefix(model), beta=0.0)
+    processor = CTDProcessor(model, make_prefix(model), strength=0.0)
     assert torch.equal(greedy(model, inputs, processor), greedy(model, inputs))
     sampling = dict(do_sample=True, temperature=0.8, top_k=50, top_p=0.95, max_new_tokens=12, pad_token_id=0)
     torch.manual_seed(7)
@@ -88,9 +88,9 @@ def test_batched_left_padded_equals_one_prompt_at_a_time(left_tokenizer):
     model = make_model("llama-untied", len(left_tokenizer))
     prefix = make_prefix(model)
     batched = greedy(model, left_tokenizer(PROMPTS, return_tensors="pt", padding=True),
-                     CTDProcessor(model, prefix, beta=BETA))
+                     CTDProcessor(model, prefix, strength=BETA))
     for row, prompt in zip(batched, PROMPTS):
-        alone = greedy(model, left_tokenizer([prompt], return_tensors="pt"), CTDProcessor(model, prefix, beta=BETA))
+        alone = greedy(model, left_tokenizer([prompt], return_tensors="pt"), CTDProcessor(model, prefix, strength=BETA))
         assert torch.equal(row[-8:], alone[0, -8:])
 
 
@@ -100,8 +100,8 @@ def test_doubled_batch_equals_stream(left_tokenizer, prompts):
     model = make_model("llama-untied", len(left_tokenizer))
     prefix = make_prefix(model)
     inputs = left_tokenizer(prompts, return_tensors="pt", padding=True)
-    stream = greedy(model, inputs, CTDProcessor(model, prefix, beta=BETA))
-    doubled = ctd_hf.generate_doubled(model, CTDProcessor(model, prefix, beta=BETA), **inputs, do_sample=False,
+    stream = greedy(model, inputs, CTDProcessor(model, prefix, strength=BETA))
+    doubled = ctd_hf.generate_doubled(model, CTDProcessor(model, prefix, strength=BETA), **inputs, do_sample=False,
                                       max_new_tokens=8, pad_token_id=0)
     assert torch.equal(stream, doubled)
     assert not model._forward_hooks and not model._forward_pre_hooks or len(model._forward_pre_hooks) <= 1
@@ -115,10 +115,10 @@ def test_beam_score_is_the_sum_of_brute_force_step_scores(left_tokenizer, path):
     kwargs = dict(num_beams=3, length_penalty=0.0, max_new_tokens=6, do_sample=False, pad_token_id=0,
                   return_dict_in_generate=True, output_scores=True)
     if path == "stream":
-        with CTDProcessor(model, prefix, beta=BETA) as processor:
+        with CTDProcessor(model, prefix, strength=BETA) as processor:
             out = model.generate(**inputs, logits_processor=[processor], **kwargs)
     else:
-        out = ctd_hf.generate_doubled(model, CTDProcessor(model, prefix, beta=BETA), **inputs, **kwargs)
+        out = ctd_hf.generate_doubled(model, CTDProcessor(model, prefix, strength=BETA), **inputs, **kwargs)
     prompt_length = inputs["input_ids"].shape[1]
     for row, (sequence, mask) in enumerate(zip(out.sequences, inputs["attention_mask"])):
         real = sequence[int((mask == 0).sum()):]
@@ -132,17 +132,17 @@ def test_sampling_with_several_return_sequences_follows_each_row(left_tokenizer)
     prefix = make_prefix(model)
     inputs = left_tokenizer(PROMPTS[:2], return_tensors="pt", padding=True)
     # top_k=1 sampling is greedy on the contrasted scores, so every copy must equal the greedy CTD output.
-    with CTDProcessor(model, prefix, beta=BETA) as processor:
+    with CTDProcessor(model, prefix, strength=BETA) as processor:
         sampled = model.generate(**inputs, logits_processor=[processor], do_sample=True, top_k=1,
                                  num_return_sequences=3, max_new_tokens=8, pad_token_id=0)
-    expected = greedy(model, inputs, CTDProcessor(model, prefix, beta=BETA)).repeat_interleave(3, dim=0)
+    expected = greedy(model, inputs, CTDProcessor(model, prefix, strength=BETA)).repeat_interleave(3, dim=0)
     assert torch.equal(sampled, expected)
 
 
 def test_eos_streamer_and_processor_reuse(left_tokenizer):
     model = make_model("llama-untied", len(left_tokenizer))
     prefix = make_prefix(model)
-    processor = CTDProcessor(model, prefix, beta=BETA)
+    processor = CTDProcessor(model, prefix, strength=BETA)
     inputs = left_tokenizer(PROMPTS, return_tensors="pt", padding=True)
     full = greedy(model, inputs, processor)
     eos = int(full[0, -6])  # row 0 stops early on this token; the others go on
@@ -158,17 +158,17 @@ def test_eos_streamer_and_processor_reuse(left_tokenizer):
     with redirect_stdout(buffer):
         streamed = greedy(model, single, processor, streamer=TextStreamer(left_tokenizer, skip_prompt=True))
     assert buffer.getvalue().strip() == left_tokenizer.decode(streamed[0, single["input_ids"].shape[1]:]).strip()
-    assert torch.equal(streamed, greedy(model, single, CTDProcessor(model, prefix, beta=BETA)))
+    assert torch.equal(streamed, greedy(model, single, CTDProcessor(model, prefix, strength=BETA)))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_follows_the_model_dtype(left_tokenizer, dtype):
     model = make_model("llama-untied", len(left_tokenizer)).to(dtype)
     inputs = left_tokenizer(PROMPTS, return_tensors="pt", padding=True)
-    processor = CTDProcessor(model, make_prefix(model), beta=0.0)
+    processor = CTDProcessor(model, make_prefix(model), strength=0.0)
     assert processor.contrast.prefix.dtype == dtype
     assert torch.equal(greedy(model, inputs, processor), greedy(model, inputs))
-    doubled = ctd_hf.generate_doubled(model, CTDProcessor(model, make_prefix(model), beta=BETA), **inputs,
+    doubled = ctd_hf.generate_doubled(model, CTDProcessor(model, make_prefix(model), strength=BETA), **inputs,
                                       max_new_tokens=4, pad_token_id=0)
     assert doubled.shape[1] == inputs["input_ids"].shape[1] + 4
 
@@ -179,12 +179,12 @@ def test_bad_inputs_are_refused(left_tokenizer, tmp_path):
     with pytest.raises(AdapterMismatchError, match="hidden size"):
         CTDProcessor(model, torch.randn(5, 48))
     for beta in (-0.1, float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="beta"):
-            CTDProcessor(model, prefix, beta=beta)
+        with pytest.raises(ValueError, match="strength"):
+            CTDProcessor(model, prefix, strength=beta)
     left_tokenizer.padding_side = "right"
     right = left_tokenizer(PROMPTS, return_tensors="pt", padding=True)
     with pytest.raises(ValueError, match="right-padded"):
-        greedy(model, right, CTDProcessor(model, prefix, beta=BETA))
+        greedy(model, right, CTDProcessor(model, prefix, strength=BETA))
     with pytest.raises(ValueError, match="right-padded"):
         ctd_hf.generate_doubled(model, CTDProcessor(model, prefix), **right, max_new_tokens=2, pad_token_id=0)
     left_tokenizer.padding_side = "left"
@@ -231,7 +231,7 @@ def test_bf16_doubled_and_stream_differ_only_at_near_ties(left_tokenizer):
         model = build_model(len(left_tokenizer), seed=seed, initializer_range=0.3,
                             tie_word_embeddings=False).to(torch.bfloat16)
         torch.manual_seed(seed)
-        contrast = CTDContrast(model, torch.randn(4, 32) * 0.5, beta=0.5)
+        contrast = CTDContrast(model, torch.randn(4, 32) * 0.5, strength=0.5)
         doubled = ctd_hf.generate_doubled(model, contrast, **inputs, **options)
         with ContrastProcessor(contrast) as processor:
             stream = model.generate(**inputs, logits_processor=[processor], **options)
@@ -258,7 +258,7 @@ def test_lora_variant_decodes_by_its_definition(left_tokenizer):
     base = make_model("llama-untied", len(left_tokenizer))
     lora = get_peft_model(base, LoraConfig(task_type=TaskType.CAUSAL_LM, r=4, init_lora_weights=False))
     inputs = left_tokenizer(PROMPTS, return_tensors="pt", padding=True)
-    contrast = LoRAContrast(lora, beta=BETA)
+    contrast = LoRAContrast(lora, strength=BETA)
     with ContrastProcessor(contrast) as processor:
         output = lora.generate(**inputs, logits_processor=[processor], do_sample=False, max_new_tokens=6,
                                pad_token_id=0)
@@ -296,12 +296,13 @@ def test_a_method_builds_its_fixed_contrast_once_per_model(left_tokenizer):
     two vocabularies); another model gets its own, and ID's (per-batch noisy prompts) is new every time."""
     model, other = build_model(len(left_tokenizer)), build_model(len(left_tokenizer), seed=1)
     hidden = model.config.hidden_size
-    ctd = ctd_hf.DecodingMethod("ctd", prefix=torch.randn(3, hidden))
-    first = ctd.contrast(model, left_tokenizer)
-    assert ctd.contrast(model, left_tokenizer) is first
-    assert ctd.contrast(other, left_tokenizer) is not first
-    cd = ctd_hf.DecodingMethod("cd", amateur=other)
-    assert cd.contrast(model, left_tokenizer) is cd.contrast(model, left_tokenizer)
+    ctd = ctd_hf.CTDMethod(prefix=torch.randn(3, hidden))
+    bound = ctd.bind(model, left_tokenizer)
+    first = bound.contrast()
+    assert bound.contrast() is first
+    assert ctd.bind(other, left_tokenizer).contrast() is not first
+    cd = ctd_hf.CDMethod(amateur=other).bind(model, left_tokenizer)
+    assert cd.contrast() is cd.contrast()
     noisy = (torch.tensor([[1, 5]]), torch.ones(1, 2, dtype=torch.long))
-    instructive = ctd_hf.DecodingMethod("id")
-    assert instructive.contrast(model, left_tokenizer, noisy) is not instructive.contrast(model, left_tokenizer, noisy)
+    instructive = ctd_hf.IDMethod().bind(model, left_tokenizer)
+    assert instructive.contrast(noisy) is not instructive.contrast(noisy)

@@ -15,7 +15,7 @@ import torch
 from ctd_hf import get_task
 from ctd_hf.evaluation.runner import EvalSettings, run_evaluation
 from ctd_hf.evaluation.scoring import load_metric
-from ctd_hf.decoding.methods import DecodingMethod
+from ctd_hf.decoding.methods import CTDMethod, DecodingMethod, IDMethod, ODMethod
 from ctd_hf.models import ensure_pad_token
 from ctd_hf.records import read_records
 
@@ -29,7 +29,7 @@ SUPERNI = dict(options={"superni": dict(dir=str(DATA / "supernatinst"), tasks="s
 def methods_for(model) -> dict[str, DecodingMethod]:
     torch.manual_seed(3)
     prefix = torch.randn(4, model.config.hidden_size) * 0.5
-    return {"od": DecodingMethod("od"), "id": DecodingMethod("id"), "ctd": DecodingMethod("ctd", prefix=prefix)}
+    return {"od": ODMethod(), "id": IDMethod(), "ctd": CTDMethod(prefix=prefix)}
 
 
 def test_superni_report_tables_and_plots(tokenizer, tmp_path):
@@ -97,7 +97,7 @@ def test_all_benchmarks_run(tokenizer, tmp_path):
     options = {"drop": {"limit": 3}, "mmlu": {"limit": 1, "shots": 1}, "alpacaeval": {"limit": 3}}
     settings = EvalSettings(benchmarks=("drop", "mmlu", "alpacaeval"), options=options,
                             **{k: v for k, v in SUPERNI.items() if k != "options"})
-    report = run_evaluation(model, tokenizer, {"od": DecodingMethod("od"), "id": DecodingMethod("id")}, settings,
+    report = run_evaluation(model, tokenizer, {"od": ODMethod(), "id": IDMethod()}, settings,
                             tmp_path, "tiny-llama")
     benchmarks = report["benchmarks"]
     assert set(benchmarks["drop"]["methods"]["id"]) == {"exact_match", "f1"}
@@ -140,13 +140,13 @@ def test_labels_of_one_method_at_several_strengths_keep_their_predictions_apart(
     torch.manual_seed(3)
     prefix = torch.randn(4, model.config.hidden_size) * 0.5
     settings = EvalSettings(**SUPERNI, token_changes=False)
-    both = {label: DecodingMethod("ctd", prefix=prefix, strength=value) for label, value in
+    both = {label: CTDMethod(prefix=prefix, strength=value) for label, value in
             (("ctd@0", 0.0), ("ctd@0.5", 0.5))}
     together = run_evaluation(model, tokenizer, both, settings, tmp_path / "both", "tiny-llama")
     for label, method in both.items():
         alone = run_evaluation(model, tokenizer, {label: method}, settings, tmp_path / label, "tiny-llama")
         assert alone["benchmarks"]["superni"]["methods"][label] == together["benchmarks"]["superni"]["methods"][label]
-    plain = run_evaluation(model, tokenizer, {"od": DecodingMethod("od")}, settings, tmp_path / "od", "tiny-llama")
+    plain = run_evaluation(model, tokenizer, {"od": ODMethod()}, settings, tmp_path / "od", "tiny-llama")
     assert together["benchmarks"]["superni"]["methods"]["ctd@0"] == plain["benchmarks"]["superni"]["methods"]["od"]
 
 

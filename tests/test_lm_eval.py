@@ -27,6 +27,7 @@ lm_eval = pytest.importorskip("lm_eval")
 from lm_eval.tasks import TaskManager  # noqa: E402
 
 from ctd_hf.integrations.lm_eval import CTDLM  # noqa: E402  (registers the model "ctd_hf")
+from test_method_registry import fixed  # noqa: E402, F401  (a toy method, registered for one test)
 
 TASKS = ["tiny_mc", "tiny_gen"]
 MC_TASK = """task: tiny_mc
@@ -179,7 +180,7 @@ def test_generation_runs_the_doubled_executor(setup, od, method):
         context = sample["arguments"][0][0]
         inputs = setup.tokenizer([context], return_tensors="pt")
         if method == "ctd":
-            contrast = CTDContrast(setup.model, setup.root / "prefix", beta=0.5)
+            contrast = CTDContrast(setup.model, setup.root / "prefix", strength=0.5)
         else:
             noisy = setup.tokenizer([noisy_instruction("", context, "opposite")], return_tensors="pt")
             contrast = InstructiveContrast(setup.model, noisy["input_ids"], noisy["attention_mask"], strength=0.5)
@@ -202,6 +203,15 @@ def test_limit_and_cache(setup, tmp_path, monkeypatch):
     again = evaluate(setup, extra=extra, limit=2, use_cache=str(tmp_path / "cache"), batch_size=1)
     assert metrics(again) == metrics(first)
     assert [responses(again, task) for task in TASKS] == [responses(first, task) for task in TASKS]
+
+
+def test_a_registered_method_runs_with_its_own_settings(setup, od, fixed):
+    """A method registered outside ctd_hf (tests/test_method_registry.py) takes its settings from --model_args."""
+    toy = evaluate(setup, extra=",method=fixed,value=0.3,strength=2.0")
+    assert log_likelihoods(toy) != log_likelihoods(od)
+    assert responses(toy, "tiny_gen") != responses(od, "tiny_gen")
+    with pytest.raises(ValueError, match="method=od does not use value"):
+        CTDLM(pretrained=str(setup.root / "tiny-llama"), method="od", value=0.3, device="cpu")
 
 
 def test_bad_settings_are_refused(setup):
@@ -233,7 +243,7 @@ def test_settings_the_method_does_not_use_are_refused(setup, method, settings, u
 def test_noise_none_from_model_args_is_the_none_noise(setup):
     """0.2: the harness turns `noise=none` into None, which reached DecodingMethod as no noise type at all."""
     model = CTDLM(pretrained=str(setup.root / "tiny-llama"), method="id", noise=None, device="cpu")
-    assert model.method.noise == "none"
+    assert model.method.spec.noise == "none"
 
 
 def test_command_line_finds_the_model(setup, tmp_path):

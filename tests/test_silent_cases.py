@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ctd_hf import (ContrastProcessor, CTDConfig, CTDContrast, CTDTrainer, DecodingMethod, EvalSettings,
-                    InstructiveContrast, add_soft_prefix, generate_doubled, load_sft_data, run_evaluation,
+from ctd_hf import (ContrastProcessor, CTDConfig, CTDContrast, CTDMethod, CTDTrainer, EvalSettings,
+                    InstructiveContrast, ODMethod, add_soft_prefix, generate_doubled, load_sft_data, run_evaluation,
                     tokenize_sft)
 from ctd_hf.models import ensure_pad_token
 from ctd_hf.adapter import prefix_embeddings
@@ -37,9 +37,9 @@ def test_peft_model_decodes_ctd_not_the_prefixed_model(model, tok):
         peft.prompt_encoder["default"].embedding.weight.normal_(0, 0.5)
     inputs = tok(PROMPTS, return_tensors="pt", padding=True, padding_side="left")
     options = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
-    from_peft = generate_doubled(peft, CTDContrast(peft, peft, beta=0.5), **inputs, **options)
+    from_peft = generate_doubled(peft, CTDContrast(peft, peft, strength=0.5), **inputs, **options)
     base = peft.get_base_model()
-    expected = generate_doubled(base, CTDContrast(base, prefix_embeddings(peft), beta=0.5), **inputs, **options)
+    expected = generate_doubled(base, CTDContrast(base, prefix_embeddings(peft), strength=0.5), **inputs, **options)
     assert torch.equal(from_peft, expected)
     assert not torch.equal(from_peft, peft.generate(**inputs, **options))  # not the prefixed model's own decoding
 
@@ -86,11 +86,11 @@ def test_eval_resumed_with_another_model_is_refused(tok, tmp_path):
     """0.1: a resumed `eval` with another --model mixed both models' predictions."""
     long = dict(max_position_embeddings=4096)
     first, second = build_model(len(tok), **long), build_model(len(tok), seed=1, **long)
-    run_evaluation(first, tok, {"od": DecodingMethod("od")}, _eval_settings(), tmp_path, "tiny-llama")
+    run_evaluation(first, tok, {"od": ODMethod()}, _eval_settings(), tmp_path, "tiny-llama")
     with pytest.raises(ValueError, match="another model"):
-        run_evaluation(second, tok, {"od": DecodingMethod("od")}, _eval_settings(), tmp_path, "tiny-llama")
+        run_evaluation(second, tok, {"od": ODMethod()}, _eval_settings(), tmp_path, "tiny-llama")
     with pytest.raises(ValueError, match="another model"):
-        run_evaluation(first.to(torch.bfloat16), tok, {"od": DecodingMethod("od")}, _eval_settings(), tmp_path,
+        run_evaluation(first.to(torch.bfloat16), tok, {"od": ODMethod()}, _eval_settings(), tmp_path,
                        "tiny-llama")
 
 
@@ -104,12 +104,12 @@ def test_eval_settings_are_checked_before_anything_is_written(tok, tmp_path):
     from ctd_hf.adapter import write_card
 
     write_card(prefix_dir, prefixed)
-    methods = {"od": DecodingMethod("od"), "ctd": DecodingMethod("ctd", prefix=str(prefix_dir))}
+    methods = {"od": ODMethod(), "ctd": CTDMethod(prefix=str(prefix_dir))}
     with pytest.raises(ValueError, match="vocabulary"):
         run_evaluation(model, tok, methods, _eval_settings(), tmp_path / "run", "tiny-llama")
     assert not (tmp_path / "run").exists()
     with pytest.raises(ValueError, match="`strength` must be a finite number >= 0"):
-        DecodingMethod("ctd", prefix=str(prefix_dir), strength=-1)
+        CTDMethod(prefix=str(prefix_dir), strength=-1)
 
 
 def test_eval_cli_validates_settings_before_loading_or_writing(capsys, tmp_path):
@@ -132,7 +132,7 @@ def test_nan_prefix_and_overflowing_strength_are_refused(model, tok):
     with pytest.raises(ValueError, match="NaN"):
         CTDContrast(model, prefix)
     with pytest.raises(ValueError, match="overflows"):
-        generate_doubled(model, CTDContrast(model, torch.randn(3, 32), beta=3e38), **inputs, max_new_tokens=2,
+        generate_doubled(model, CTDContrast(model, torch.randn(3, 32), strength=3e38), **inputs, max_new_tokens=2,
                          pad_token_id=0)
 
 
@@ -160,7 +160,7 @@ def test_output_logits_are_the_original_logits_on_both_executors(model, tok):
     inputs = tok(PROMPTS, return_tensors="pt", padding=True, padding_side="left")
     options = dict(max_new_tokens=4, do_sample=False, pad_token_id=0, output_logits=True, output_scores=True,
                    return_dict_in_generate=True)
-    contrast = CTDContrast(model, torch.randn(3, 32) * 0.5, beta=0.5)
+    contrast = CTDContrast(model, torch.randn(3, 32) * 0.5, strength=0.5)
     doubled = generate_doubled(model, contrast, **inputs, **options)
     with ContrastProcessor(contrast) as processor:
         stream = model.generate(**inputs, logits_processor=[processor], **options)
@@ -267,7 +267,7 @@ def test_retraining_an_exported_prefix_in_place_is_refused(tok, tmp_path):
     from ctd_hf.integrations.hub import export_custom_generate
 
     _tiny_tune(tok, tmp_path, max_steps=1)
-    export_custom_generate(tmp_path, beta=0.3)
+    export_custom_generate(tmp_path, strength=0.3)
     with pytest.raises(ValueError, match="export-hub"):
         _tiny_tune(tok, tmp_path, max_steps=2)
     trainer = CTDTrainer(model=add_soft_prefix(build_model(len(tok)), 2), processing_class=tok,
@@ -362,7 +362,7 @@ def test_round_two_unclear_errors_name_the_problem_and_the_fix(model, tok, tmp_p
     with pytest.raises(ValueError, match="base model"):
         prefixed.generate(input_ids=torch.tensor([[1, 5, 7]]), custom_generate=ctd_hf.custom_generate,
                           contrast=CTDContrast(prefixed, prefixed), max_new_tokens=2, pad_token_id=0)
-    with pytest.raises(ValueError, match="`alpha` must be a number, got '0.1'"):
+    with pytest.raises(ValueError, match="`plausibility` must be a number, got '0.1'"):
         ContrastiveDecodingContrast(model, model, "0.1", 1.0)
     with torch.device("meta"):
         unloaded = build_model(len(tok))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ctd_hf.decoding.methods import DecodingMethod
+from ctd_hf.decoding.methods import CTDMethod, IDMethod, ODMethod
 from ctd_hf.evaluation.report import statistics_markdown
 from ctd_hf.evaluation.runner import EvalSettings, run_evaluation
 from ctd_hf.evaluation.scoring import load_metric
@@ -158,7 +158,7 @@ def test_report_carries_statistics_for_every_method_and_pair(tokenizer, tmp_path
     model = build_model(len(tokenizer), initializer_range=0.3, max_position_embeddings=4096)
     torch.manual_seed(3)
     prefix = torch.randn(4, model.config.hidden_size) * 0.5
-    methods = {"od": DecodingMethod("od"), "id": DecodingMethod("id"), "ctd": DecodingMethod("ctd", prefix=prefix)}
+    methods = {"od": ODMethod(), "id": IDMethod(), "ctd": CTDMethod(prefix=prefix)}
     settings = EvalSettings(options={"superni": dict(dir=str(DATA / "supernatinst"), tasks="sample/train_tasks.txt",
                                                      categories="sample/train_task_test_category_analog.json",
                                                      max_instances=2)},

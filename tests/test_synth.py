@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerFast
 
 from ctd_hf import GenerationSettings, SynthSettings, load_model_and_tokenizer, synthesize
 from ctd_hf.cli import main
-from ctd_hf.decoding.methods import DecodingMethod
+from ctd_hf.decoding.methods import CDMethod
 
 from conftest import DATA, SFT_SAMPLE, build_model, cli_error
 
@@ -148,7 +148,7 @@ def test_two_processes_equal_one(tiny_pair, instructions, reference, tmp_path):
 @pytest.mark.slow
 def test_default_model_as_its_own_amateur_on_alpaca_eval(tmp_path):
     model, tokenizer = load_model_and_tokenizer("default")
-    method = DecodingMethod("cd", amateur=model)
+    method = CDMethod(amateur=model)
     settings = SynthSettings(batch_size=3, generation=GenerationSettings(max_new_tokens=16), output_format="messages",
                              limit=3)
     dataset = synthesize(model, tokenizer, DATA / "alpaca_eval" / "alpaca_eval.json.gz", tmp_path, method, settings)

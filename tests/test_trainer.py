@@ -11,8 +11,8 @@ from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from ctd_hf import (CTDConfig, CTDTrainer, RightPaddingCollator, add_soft_prefix, load_adapter, load_sft_data,
-                    tokenize_sft)
+from ctd_hf import (CTDConfig, CTDTrainer, RightPaddingCollator, add_soft_prefix, contrastive_loss, load_adapter,
+                    load_sft_data, tokenize_sft)
 from ctd_hf.models import ensure_pad_token
 from ctd_hf.adapter import prefix_embeddings
 
@@ -66,6 +66,21 @@ def test_loss_equals_independent_computation(tiny_model, tokenizer, train_data, 
         loss = trainer.compute_loss(model, batch)
         expected = reference_loss(tiny_model, prefix_embeddings(model), batch, 0.3)
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_public_loss_is_the_trainers(tiny_model, tokenizer, train_data, tmp_path):
+    """``ctd_hf.contrastive_loss`` on a batch's full z and z~ (a TRL user's own compute_loss) equals CTDTrainer's."""
+    model = add_soft_prefix(tiny_model, num_virtual_tokens=5)
+    trainer = make_trainer(model, tokenizer, train_data, tmp_path, alpha=0.3)
+    batch = batch_of(train_data, tokenizer)
+    with torch.no_grad():
+        with model.disable_adapter():
+            z = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        # peft returns logits for the 5 virtual tokens too, before the sequence's own.
+        z_tilde = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 5:]
+        expected = trainer.compute_loss(model, batch)
+    torch.testing.assert_close(contrastive_loss(z, z_tilde, batch["labels"], alpha=0.3), expected,
+                               rtol=1e-6, atol=1e-6)
 
 
 def test_alpha_zero_is_plain_loss_and_gives_prefix_no_gradient(tiny_model, tokenizer, train_data, tmp_path):

@@ -30,11 +30,15 @@ from conftest import LONG, build_model, build_tokenizer  # noqa: E402
 from ctd_hf import add_soft_prefix  # noqa: E402
 from ctd_hf.records import read_records  # noqa: E402
 from test_faults import ENV, cli, kill_when, lines  # noqa: E402
-from ctd_hf import ContrastProcessor, DecodingMethod, format_prompt, generate_doubled  # noqa: E402
+from ctd_hf import (CDMethod, ContrastProcessor, CTDMethod, DecodingMethod, IDMethod, ODMethod, format_prompt,  # noqa: E402
+                    generate_doubled)
 from ctd_hf.decoding.answers import generate_for_messages  # noqa: E402
 from ctd_hf.decoding.recording import OriginalPredictions  # noqa: E402
 from ctd_hf.decoding.layout import pad_left  # noqa: E402
 from ctd_hf.integrations.vllm import TAG, VLLMEngine  # noqa: E402
+from ctd_hf.integrations.vllm import compat  # noqa: E402
+from ctd_hf.integrations.vllm.processor import CONTRASTS  # noqa: E402
+from test_method_registry import fixed  # noqa: E402, F401  (a toy method, registered for one test)
 from ctd_hf.models import ensure_pad_token  # noqa: E402
 
 MAX_TOKENS = 40
@@ -103,10 +107,6 @@ def prompt_ids(tokenizer) -> list[list[int]]:
             for message in MESSAGES]
 
 
-def unpadded(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
-    return [row[keep.bool()].tolist() for row, keep in zip(ids, mask)]
-
-
 def until_eos(row: list[int], eos: int) -> list[int]:
     return row[: row.index(eos) + 1] if eos in row else row
 
@@ -123,27 +123,27 @@ def hf_answers(model, tokenizer, prompts: list[list[int]], contrast, max_new_tok
     return [until_eos(row.tolist(), tokenizer.eos_token_id) for row in out[:, length:]]
 
 
-def vllm_answers(engine, prompts, method, **kwargs) -> list[list[int]]:
-    outputs = engine.generate(prompts, method, SamplingParams(temperature=0, max_tokens=MAX_TOKENS), **kwargs)
+def vllm_answers(engine, prompts, contrast) -> list[list[int]]:
+    outputs = engine.decode(prompts, contrast, SamplingParams(temperature=0, max_tokens=MAX_TOKENS))
     return [list(output.outputs[0].token_ids) for output in outputs]
 
 
-def noisy(method: DecodingMethod, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
-    return method.noisy_prompts(tokenizer, MESSAGES, "chatml")
+def instructive(model, tokenizer, **settings):
+    """Instructive Decoding's contrast of MESSAGES (the opposite noise; their noisy prompts as the second view)."""
+    return IDMethod(**settings).bind(model, tokenizer).contrast_for(MESSAGES, "chatml")
 
 
 def test_plain_decoding_equals_transformers(engine, hf):
     model, tokenizer = hf
     prompts = prompt_ids(tokenizer)
-    assert vllm_answers(engine, prompts, DecodingMethod("od")) == hf_answers(model, tokenizer, prompts, None)
+    assert vllm_answers(engine, prompts, None) == hf_answers(model, tokenizer, prompts, None)
 
 
 def test_instructive_decoding_equals_generate_doubled(engine, hf):
     model, tokenizer = hf
-    prompts, method = prompt_ids(tokenizer), DecodingMethod("id", strength=0.3)
-    noisy_batch = noisy(method, tokenizer)
-    expected = hf_answers(model, tokenizer, prompts, method.contrast(model, tokenizer, noisy_batch))
-    got = vllm_answers(engine, prompts, method, noisy_prompts=unpadded(*noisy_batch))
+    prompts, contrast = prompt_ids(tokenizer), instructive(model, tokenizer, strength=0.3)
+    expected = hf_answers(model, tokenizer, prompts, contrast)
+    got = vllm_answers(engine, prompts, contrast)
     assert got == expected
     assert got != hf_answers(model, tokenizer, prompts, None)  # the contrast changed something
 
@@ -151,10 +151,11 @@ def test_instructive_decoding_equals_generate_doubled(engine, hf):
 def test_ctd_equals_generate_doubled(engine, hf):
     model, tokenizer = hf
     prompts = prompt_ids(tokenizer)
-    method = DecodingMethod("ctd", prefix=torch.randn(4, model.config.hidden_size, generator=torch.Generator()
-                                                      .manual_seed(0)), strength=0.5)
-    expected = hf_answers(model, tokenizer, prompts, method.contrast(model, tokenizer))
-    got = vllm_answers(engine, prompts, method, model=model)
+    method = CTDMethod(prefix=torch.randn(4, model.config.hidden_size, generator=torch.Generator().manual_seed(0)),
+                       strength=0.5)
+    contrast = method.bind(model, tokenizer).contrast()
+    expected = hf_answers(model, tokenizer, prompts, contrast)
+    got = vllm_answers(engine, prompts, contrast)
     assert got == expected
     assert got != hf_answers(model, tokenizer, prompts, None)
 
@@ -162,14 +163,13 @@ def test_ctd_equals_generate_doubled(engine, hf):
 def test_contrastive_decoding_equals_the_stream_executor(engine, hf, amateur):
     model, tokenizer = hf
     prompts = prompt_ids(tokenizer)
-    method = DecodingMethod("cd", amateur=amateur, strength=0.5)
-    contrast = method.contrast(model, tokenizer)
+    contrast = CDMethod(amateur=amateur, strength=0.5).bind(model, tokenizer).contrast()
     batch = pad_left(tokenizer, prompts)
     with torch.no_grad(), ContrastProcessor(contrast) as processor:
         out = model.generate(**batch, logits_processor=[processor], max_new_tokens=MAX_TOKENS, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id)
     expected = [until_eos(row.tolist(), tokenizer.eos_token_id) for row in out[:, batch["input_ids"].shape[1]:]]
-    got = vllm_answers(engine, prompts, method, model=model, tokenizer=tokenizer)
+    got = vllm_answers(engine, prompts, contrast)
     assert got == expected
     assert got != hf_answers(model, tokenizer, prompts, None)
 
@@ -181,12 +181,12 @@ def test_messages_and_token_changes_equal_transformers(engine, hf, amateur, name
     model, tokenizer = hf
     extra = {"ctd": {"prefix": torch.randn(4, model.config.hidden_size, generator=torch.Generator().manual_seed(0))},
              "cd": {"amateur": amateur}, "id": {}}[name]
-    method = DecodingMethod(name, **extra)
+    method = DecodingMethod.from_name(name, **extra).bind(model, tokenizer)
     results = []
     for executor in (None, engine):
         record = OriginalPredictions()
-        output, length = generate_for_messages(model, tokenizer, MESSAGES, method, "chatml", record=record,
-                                               engine=executor, max_new_tokens=MAX_TOKENS, do_sample=False)
+        output, length = generate_for_messages(method, MESSAGES, "chatml", record=record, engine=executor,
+                                               max_new_tokens=MAX_TOKENS, do_sample=False)
         chosen = output[:, length:]
         results.append((tokenizer.batch_decode(chosen, skip_special_tokens=True), output[:, :length].tolist(),
                         [{key: values for key, values in row.items() if key != "max_prob"}
@@ -200,23 +200,23 @@ def test_messages_and_token_changes_equal_transformers(engine, hf, amateur, name
 
 def test_messages_refuse_what_vllm_cannot_follow(engine, hf):
     model, tokenizer = hf
+    plain = ODMethod().bind(model, tokenizer)
     with pytest.raises(ValueError, match="num_beams > 1"):
-        generate_for_messages(model, tokenizer, MESSAGES, DecodingMethod("od"), engine=engine, max_new_tokens=4,
-                              num_beams=2)
+        generate_for_messages(plain, MESSAGES, engine=engine, max_new_tokens=4, num_beams=2)
     with pytest.raises(ValueError, match="output_scores"):
-        generate_for_messages(model, tokenizer, MESSAGES, DecodingMethod("od"), engine=engine, max_new_tokens=1,
-                              output_scores=True)
+        generate_for_messages(plain, MESSAGES, engine=engine, max_new_tokens=1, output_scores=True)
+    with pytest.raises(ValueError, match="backend='stream' picks one of transformers' executors"):
+        generate_for_messages(IDMethod(backend="stream").bind(model, tokenizer), MESSAGES, engine=engine,
+                              max_new_tokens=4)
 
 
 def test_seeded_sampling_is_reproducible(engine, hf):
     model, tokenizer = hf
-    prompts, method = prompt_ids(tokenizer), DecodingMethod("id")
-    noisy_prompts = unpadded(*noisy(method, tokenizer))
+    prompts, contrast = prompt_ids(tokenizer), instructive(model, tokenizer)
 
     def sample(seed: int) -> list[list[int]]:
         params = SamplingParams(temperature=1.0, top_k=50, top_p=0.9, seed=seed, max_tokens=MAX_TOKENS)
-        return [list(out.outputs[0].token_ids)
-                for out in engine.generate(prompts, method, params, noisy_prompts=noisy_prompts)]
+        return [list(out.outputs[0].token_ids) for out in engine.decode(prompts, contrast, params)]
 
     first = sample(1)
     assert sample(1) == first
@@ -225,42 +225,71 @@ def test_seeded_sampling_is_reproducible(engine, hf):
 
 def test_refusals(engine, hf, model_dir):
     model, tokenizer = hf
-    prompts, method = prompt_ids(tokenizer), DecodingMethod("id")
-    noisy_prompts = unpadded(*noisy(method, tokenizer))
+    prompts, contrast = prompt_ids(tokenizer), instructive(model, tokenizer)
     with pytest.raises(ValueError, match="Beam search is not supported.*num_beams"):
-        engine.generate(prompts, method, BeamSearchParams(beam_width=2, max_tokens=4), noisy_prompts=noisy_prompts)
+        engine.decode(prompts, contrast, BeamSearchParams(beam_width=2, max_tokens=4))
     with pytest.raises(ValueError, match="n=2.*n times with different seeds"):
-        engine.generate(prompts, method, SamplingParams(n=2, max_tokens=4), noisy_prompts=noisy_prompts)
+        engine.decode(prompts, contrast, SamplingParams(n=2, max_tokens=4))
     with pytest.raises(ValueError, match="repetition_penalty"):
-        engine.generate(prompts, method, SamplingParams(repetition_penalty=1.2), noisy_prompts=noisy_prompts)
-    with pytest.raises(ValueError, match="Contrastive Decoding needs `model`"):
-        engine.generate(prompts, DecodingMethod("cd", amateur=str(model_dir)), SamplingParams(max_tokens=4))
-    with pytest.raises(ValueError, match="needs `noisy_prompts`"):
-        engine.generate(prompts, method, SamplingParams(max_tokens=4))
-    with pytest.raises(ValueError, match="exceed max_model_len"):
-        engine.generate(prompts, method, SamplingParams(max_tokens=250), noisy_prompts=noisy_prompts)
+        engine.decode(prompts, contrast, SamplingParams(repetition_penalty=1.2))
+    with pytest.raises(ValueError, match="model is torch.bfloat16 and the engine torch.float32"):
+        half = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
+        engine.decode(prompts, CTDMethod(prefix=torch.randn(4, model.config.hidden_size)).bind(half, tokenizer)
+                      .contrast(), SamplingParams(max_tokens=4))
+    with pytest.raises(ValueError, match="more than the vllm engine's 256.*larger max_model_len"):
+        engine.decode(prompts, contrast, SamplingParams(max_tokens=250))
     with pytest.raises(ValueError, match="max_num_seqs must be even"):
         VLLMEngine(model_dir, max_model_len=256, max_num_seqs=3)
     with pytest.raises(NotImplementedError, match="tensor_parallel_size.*one engine per device"):
         VLLMEngine(model_dir, max_model_len=256, tensor_parallel_size=2)
-    with pytest.raises(ValueError, match="backend='stream' picks one of transformers' executors"):
-        engine.generate(prompts, DecodingMethod("id", backend="stream"), SamplingParams(max_tokens=4),
-                        noisy_prompts=noisy_prompts)
+
+
+def test_a_registered_method_runs_on_vllm(engine, hf, fixed):
+    """The one-class toy method of tests/test_method_registry.py: its contrast (the model behind a fixed vector, as
+    prompt embeddings) gives generate_doubled's tokens on the engine."""
+    model, tokenizer = hf
+    prompts = prompt_ids(tokenizer)
+    contrast = fixed(value=0.5, strength=0.5).bind(model, tokenizer).contrast_for(MESSAGES, "chatml")
+    got = vllm_answers(engine, prompts, contrast)
+    assert got == hf_answers(model, tokenizer, prompts, contrast)
+    assert got != hf_answers(model, tokenizer, prompts, None)
+
+
+def test_compat_names_are_where_they_were(engine):
+    """Every vLLM name outside its documented API that ctd_hf uses (integrations/vllm/compat.py) is still there."""
+    import vllm
+    import vllm.envs
+
+    moved = "vLLM {} moved {}; ctd_hf.integrations.vllm.compat was written for vLLM {}".format
+    llm_engine = compat.llm_engine(engine.llm)
+    for name in ("add_request", "step", "has_unfinished_requests", "vllm_config"):
+        assert hasattr(llm_engine, name), moved(vllm.__version__, f"LLMEngine.{name}", compat.TESTED_VERSION)
+    config = llm_engine.vllm_config
+    for path in ("model_config.max_model_len", "model_config.dtype", "cache_config.num_gpu_blocks",
+                 "cache_config.block_size"):
+        holder = config
+        for part in path.split("."):
+            assert hasattr(holder, part), moved(vllm.__version__, f"vllm_config.{path}", compat.TESTED_VERSION)
+            holder = getattr(holder, part)
+    assert compat.IN_PROCESS_CORE in vllm.envs.environment_variables, moved(
+        vllm.__version__, compat.IN_PROCESS_CORE, compat.TESTED_VERSION)
 
 
 def test_a_lone_tagged_request_fails_loudly(engine, hf):
     """Last in the module: after a failed step the engine refuses further calls."""
     model, tokenizer = hf
-    prompts = prompt_ids(tokenizer)
+    prompts, contrast = prompt_ids(tokenizer), instructive(model, tokenizer)
+    CONTRASTS[id(contrast)] = contrast
     llm_engine = engine.llm.llm_engine
-    tag = {"pair": -1, "role": "main", "strength": 0.3, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0}
+    tag = {"contrast": id(contrast), "pair": -1, "role": "main", "temperature": 0.0, "top_k": 0, "top_p": 1.0,
+           "seed": 0}
     request_id = llm_engine.add_request("lone", TokensPrompt(prompt_token_ids=prompts[0]),
                                         SamplingParams(temperature=0, max_tokens=4, extra_args={TAG: tag}))
     assert request_id.startswith("lone")
     with pytest.raises(RuntimeError, match="main row is in this step without its partner"):
         engine._run([])  # noqa: SLF001  (nothing added: the lone request already waits in the engine)
     with pytest.raises(RuntimeError, match="start a new process"):
-        engine.generate(prompts, DecodingMethod("od"), SamplingParams(max_tokens=4))
+        engine.decode(prompts, None, SamplingParams(max_tokens=4))
 
 
 def eval_args(model_dir, amateur_dir, prefix_dir, output_dir, *engine: str) -> list[str]:

@@ -22,7 +22,7 @@ with warnings.catch_warnings():
 
 import torch  # noqa: E402
 
-from ctd_hf import DecodingMethod, format_prompt, load_model_and_tokenizer  # noqa: E402
+from ctd_hf import CTDMethod, IDMethod, format_prompt, load_model_and_tokenizer  # noqa: E402
 from ctd_hf.integrations.vllm import VLLMEngine  # noqa: E402
 from ctd_hf.models import resolve_model_path  # noqa: E402
 from ctd_hf.prompts import encode_prompt  # noqa: E402
@@ -64,8 +64,8 @@ def prompt_ids(tokenizer) -> list[list[int]]:
     return [encode_prompt(format_prompt([message], "chatml"), tokenizer, "chatml") for message in MESSAGES]
 
 
-def vllm_answers(engine, tokenizer, prompts, method, **kwargs) -> list[list[int]]:
-    outputs = engine.generate(prompts, method, SamplingParams(temperature=0, max_tokens=MAX_TOKENS), **kwargs)
+def vllm_answers(engine, tokenizer, prompts, contrast) -> list[list[int]]:
+    outputs = engine.decode(prompts, contrast, SamplingParams(temperature=0, max_tokens=MAX_TOKENS))
     return [until_eos(list(output.outputs[0].token_ids), tokenizer.eos_token_id) for output in outputs]
 
 
@@ -78,18 +78,16 @@ def check_equal(got: list[list[int]], expected: list[list[int]], eos: int) -> No
 def test_plain_decoding_equals_transformers(engine, hf):
     model, tokenizer = hf
     prompts = prompt_ids(tokenizer)
-    check_equal(vllm_answers(engine, tokenizer, prompts, DecodingMethod("od")),
+    check_equal(vllm_answers(engine, tokenizer, prompts, None),
                 hf_answers(model, tokenizer, prompts, None, MAX_TOKENS), tokenizer.eos_token_id)
 
 
 def test_instructive_decoding_equals_generate_doubled(engine, hf):
     model, tokenizer = hf
-    prompts, method = prompt_ids(tokenizer), DecodingMethod("id")  # opposite noise, strength 0.3
-    noisy_ids, noisy_mask = method.noisy_prompts(tokenizer, MESSAGES, "chatml", model.device)
-    contrast = method.contrast(model, tokenizer, (noisy_ids, noisy_mask))
+    prompts = prompt_ids(tokenizer)
+    contrast = IDMethod().bind(model, tokenizer).contrast_for(MESSAGES, "chatml")  # opposite noise, strength 0.3
     expected = hf_answers(model, tokenizer, prompts, contrast, MAX_TOKENS)
-    got = vllm_answers(engine, tokenizer, prompts, method,
-                       noisy_prompts=[row[keep.bool()].tolist() for row, keep in zip(noisy_ids, noisy_mask)])
+    got = vllm_answers(engine, tokenizer, prompts, contrast)
     check_equal(got, expected, tokenizer.eos_token_id)
     assert got != hf_answers(model, tokenizer, prompts, None, MAX_TOKENS)  # the contrast changed something
 
@@ -100,8 +98,8 @@ def test_ctd_equals_generate_doubled(engine, hf):
     embeddings = model.get_input_embeddings()
     tokens = torch.randint(0, embeddings.weight.shape[0], (20,), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():  # a 20-row prefix of vocabulary embeddings (a tuned one's scale), strength 0.3
-        method = DecodingMethod("ctd", prefix=embeddings(tokens).clone())
-    expected = hf_answers(model, tokenizer, prompts, method.contrast(model, tokenizer), MAX_TOKENS)
-    got = vllm_answers(engine, tokenizer, prompts, method, model=model)
+        contrast = CTDMethod(prefix=embeddings(tokens).clone()).bind(model, tokenizer).contrast()
+    expected = hf_answers(model, tokenizer, prompts, contrast, MAX_TOKENS)
+    got = vllm_answers(engine, tokenizer, prompts, contrast)
     check_equal(got, expected, tokenizer.eos_token_id)
     assert got != hf_answers(model, tokenizer, prompts, None, MAX_TOKENS)

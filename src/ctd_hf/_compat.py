@@ -46,6 +46,22 @@ def decoding_loop(model: PreTrainedModel, generation_config: GenerationConfig) -
     return getattr(model, name)
 
 
+def adapter_layers_active(peft_model: Any) -> bool:
+    """Whether a peft model's adapter layers are switched on (peft has no public query for it: each of its
+    ``BaseTunerLayer`` modules keeps a ``disable_adapters`` flag, which ``enable_adapter_layers`` and
+    ``disable_adapter_layers`` set)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return any(not module.disable_adapters for module in peft_model.modules() if isinstance(module, BaseTunerLayer))
+
+
+def switch_adapter_layers(peft_model: Any, enabled: bool) -> None:
+    """Switch a peft model's adapter layers on or off until switched again (the tuner's methods that peft's
+    ``disable_adapter()`` context manager calls)."""
+    tuner = peft_model.base_model
+    tuner.enable_adapter_layers() if enabled else tuner.disable_adapter_layers()
+
+
 @contextmanager
 def adapter_layers_enabled(peft_model: Any) -> Iterator[None]:
     """Switch a peft model's adapter layers on inside a block that runs with them off (``disable_adapter()``).
@@ -53,9 +69,8 @@ def adapter_layers_enabled(peft_model: Any) -> Iterator[None]:
     peft offers ``disable_adapter()`` as a context manager but no public way to switch the layers back on inside it;
     the tuner's ``enable_adapter_layers`` / ``disable_adapter_layers`` are what that context manager calls.
     """
-    tuner = peft_model.base_model
-    tuner.enable_adapter_layers()
+    switch_adapter_layers(peft_model, True)
     try:
         yield
     finally:
-        tuner.disable_adapter_layers()
+        switch_adapter_layers(peft_model, False)

@@ -11,7 +11,15 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .settings import renamed_arguments
+
 IGNORE_INDEX = -100
+# The contrast strength of CTD (alpha in training, beta in decoding) and of Instructive Decoding, as their papers set
+# it.
+DEFAULT_STRENGTH = 0.3
+# Contrastive Decoding's (Li et al. 2022): the amateur's weight and the plausibility threshold.
+DEFAULT_CD_STRENGTH = 1.0
+DEFAULT_PLAUSIBILITY = 0.1
 
 
 def contrast_logits(
@@ -97,17 +105,20 @@ def token_loss(
     return loss / max(denominator, 1)
 
 
-def plausibility_mask(log_probs: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Contrastive Decoding's plausible set ``{v : p(v) >= alpha * max p}``, from log-probabilities."""
-    return log_probs >= log_probs.max(dim=-1, keepdim=True).values + math.log(alpha)
+def plausibility_mask(log_probs: torch.Tensor, plausibility: float) -> torch.Tensor:
+    """Contrastive Decoding's plausible set ``{v : p(v) >= plausibility * max p}``, from log-probabilities (the
+    paper's ``alpha``)."""
+    return log_probs >= log_probs.max(dim=-1, keepdim=True).values + math.log(plausibility)
 
 
+@renamed_arguments(alpha="plausibility", beta="strength")
 def contrastive_decoding_scores(
-    expert_log_probs: torch.Tensor, amateur_log_probs: torch.Tensor, alpha: float, beta: float
+    expert_log_probs: torch.Tensor, amateur_log_probs: torch.Tensor, plausibility: float, strength: float
 ) -> torch.Tensor:
-    """Contrastive Decoding (Li et al. 2022): ``log p_e - beta * log p_a`` on the plausible set, ``-inf`` elsewhere.
+    """Contrastive Decoding (Li et al. 2022): ``log p_e - strength * log p_a`` on the plausible set, ``-inf``
+    elsewhere (the paper's ``beta`` and ``alpha`` are ``strength`` and ``plausibility``).
 
     The same formula as :func:`contrast_logits`, with the two models' log-probabilities as ``z`` and ``z~``.
     """
-    scores = contrast_logits(expert_log_probs, amateur_log_probs, beta)
-    return scores.masked_fill(~plausibility_mask(expert_log_probs, alpha), float("-inf"))
+    scores = contrast_logits(expert_log_probs, amateur_log_probs, strength)
+    return scores.masked_fill(~plausibility_mask(expert_log_probs, plausibility), float("-inf"))

@@ -1,7 +1,7 @@
 """Settings declared once: each field of a settings dataclass carries its default, help, allowed values and check.
 
 Every settings dataclass (``TuneSettings``, ``EvalSettings``, ``SweepSettings``, ``SynthSettings``,
-``GenerationSettings``, ``DecodingMethod``, the tasks' options) declares its fields with :func:`setting` and calls
+``GenerationSettings``, each decoding method, the tasks' options) declares its fields with :func:`setting` and calls
 :func:`check_settings` in ``__post_init__``; ``ctd_hf.cli.flags`` generates the command line from the same fields and
 runs the same checks on the parsed values. So a value is refused by one function, with one message, whether it comes
 from Python or from a flag. Errors name the parameter (:class:`SettingError`); the CLI prints the flag instead.
@@ -10,8 +10,10 @@ from Python or from a flag. Errors name the parameter (:class:`SettingError`); t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import typing
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,7 +45,7 @@ def setting(
 ) -> Any:
     """A dataclass field holding one setting: ``check`` (see the checks below) and ``choices`` are enforced by
     :func:`check_settings`; ``aliases`` are extra flag spellings; further ``metadata`` is read by its owner (e.g.
-    ``length=True`` in ``TuneSettings``) or by the CLI (``flag``, ``cli=False``, ``flags`` per method)."""
+    ``length=True`` in ``TuneSettings``, ``needed`` in a decoding method) or by the CLI (``flag``, ``cli=False``)."""
     metadata = {"help": help, "check": check, "choices": tuple(choices) if choices else None,
                 "aliases": tuple(aliases), **metadata}
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
@@ -64,8 +66,8 @@ def check_value(name: str, value: Any, check: Check | None = None, choices: Sequ
 
 
 def check_settings(settings: Any) -> None:
-    """Check every declared field of the dataclass ``settings`` in place (a ``None`` default may stay ``None``; the
-    values of a tuple field are checked one by one, and there must be at least one)."""
+    """Check every declared field of the dataclass ``settings`` in place, frozen or not (a ``None`` default may stay
+    ``None``; the values of a tuple field are checked one by one, and there must be at least one)."""
     hints = typing.get_type_hints(type(settings))
     for field in dataclasses.fields(settings):
         check, choices = field.metadata.get("check"), field.metadata.get("choices")
@@ -79,7 +81,29 @@ def check_settings(settings: Any) -> None:
             value = tuple(check_value(field.name, item, check, choices) for item in values)
         else:
             value = check_value(field.name, value, check, choices)
-        setattr(settings, field.name, value)
+        object.__setattr__(settings, field.name, value)  # the normalised value, also in a frozen dataclass
+
+
+def renamed_arguments(**renames: str) -> Callable[[Callable], Callable]:
+    """Accept each old keyword ``name=`` of ``renames`` (old name -> new name) for one more release, with a
+    ``DeprecationWarning`` that names the new one. (transformers' ``deprecate_kwarg`` is internal to transformers and
+    its message names transformers' own versions.)"""
+
+    def decorate(function: Callable) -> Callable:
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            for old, new in renames.items():
+                if old in kwargs:
+                    if new in kwargs:
+                        raise TypeError(f"`{old}` is the old name of `{new}`: pass `{new}` only.")
+                    warnings.warn(f"`{old}=` is deprecated and will be removed in the next release; pass `{new}=`.",
+                                  DeprecationWarning, stacklevel=2)
+                    kwargs[new] = kwargs.pop(old)
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
 
 
 # ------------------------------------------------------------------------------------------------------------ checks

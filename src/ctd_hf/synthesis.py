@@ -27,8 +27,9 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ._version import __version__
-from .decoding.answers import GenerationSettings, generate_answers
-from .decoding.methods import DecodingMethod
+from .decoding.answers import GenerationSettings, check_prompt_lengths, generate_answers
+from .decoding.engine import Engine, TransformersEngine
+from .decoding.methods import DecodingMethod, ODMethod
 from .distributed import process_state
 from .models import fingerprint
 from .prompts import prompt_format_setting
@@ -105,7 +106,7 @@ def synthesize(
     settings: SynthSettings | None = None,
     rank: int | None = None,
     world_size: int | None = None,
-    engine: Any = None,
+    engine: Engine | None = None,
 ) -> datasets.Dataset | None:
     """Answer ``instructions`` with ``method`` on ``expert`` and write the dataset to ``output_dir`` (resumable).
 
@@ -125,17 +126,23 @@ def synthesize(
         raise ValueError(f"`rank` must be in [0, {world_size}), got {rank}.")
     kwargs = settings.generation.generate_kwargs()
     records = load_instructions(instructions, settings.limit)
-    method.check(expert, tokenizer)
+    engine = engine or TransformersEngine()
+    expert_fingerprint = fingerprint(expert)  # before the method binds (a LoRA method adds layers to the model)
+    bound = method.bind(expert, tokenizer)
+    amateur = bound.models.get("amateur")
+    messages = {r["key"]: {"role": "user", "content": r["instruction"], "input": r["input"]} for r in records}
+    check_prompt_lengths(bound, list(messages.values()), settings.prompt_format, kwargs["max_new_tokens"],
+                         engine=engine)
     output_dir = check_output_folder(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     config = {
         "ctd_hf_version": __version__,
         "expert": str(expert.name_or_path),
-        "expert_fingerprint": fingerprint(expert),
-        "amateur": str(method.amateur.name_or_path) if method.amateur is not None else None,
-        "amateur_fingerprint": fingerprint(method.amateur) if method.amateur is not None else None,
+        "expert_fingerprint": expert_fingerprint,
+        "amateur": str(amateur.name_or_path) if amateur is not None else None,
+        "amateur_fingerprint": fingerprint(amateur) if amateur is not None else None,
         "method": method.settings(),
-        "engine": "hf" if engine is None else engine.name,
+        "engine": engine.name,
         "generate_kwargs": kwargs,
         "prompt_format": settings.prompt_format,
         "seed": settings.seed,
@@ -151,20 +158,20 @@ def synthesize(
     done = _answered(output_dir, records)
     todo = [r for r in records if r["key"] % world_size == rank and r["key"] not in done]
     transformers.set_seed(settings.seed + rank)
-    plain = DecodingMethod("od")
+    plain = ODMethod().bind(expert, tokenizer)
     plain_kwargs = {k: v for k, v in kwargs.items() if k not in ("temperature", "top_k", "top_p")}
     plain_kwargs["do_sample"] = False
-    plain_is_output = method.name == "od" and not kwargs["do_sample"]
+    plain_is_output = method == ODMethod() and not kwargs["do_sample"]
     size = settings.batch_size
     batches = [todo[start : start + size] for start in range(0, len(todo), size)]
     desc = "Synthesizing" + (f" (rank {rank}/{world_size})" if world_size > 1 else "")
     for batch in tqdm(batches, desc=desc, unit="batch", file=sys.stderr, position=rank if world_size > 1 else None):
-        messages = [{"role": "user", "content": r["instruction"], "input": r["input"]} for r in batch]
-        answers = generate_answers(expert, tokenizer, messages, method, settings.prompt_format, engine, **kwargs)
+        batch_messages = [messages[r["key"]] for r in batch]
+        answers = generate_answers(expert, tokenizer, batch_messages, bound, settings.prompt_format, engine, **kwargs)
         rows = [{**r, "output": answer} for r, answer in zip(batch, answers)]
         if settings.also_plain:
             plain_answers = answers if plain_is_output else generate_answers(
-                expert, tokenizer, messages, plain, settings.prompt_format, engine, **plain_kwargs)
+                expert, tokenizer, batch_messages, plain, settings.prompt_format, engine, **plain_kwargs)
             rows = [{**row, "output_plain": answer} for row, answer in zip(rows, plain_answers)]
         append_records(shard, rows)
 

@@ -1,24 +1,25 @@
-"""What several subcommands share: the model flags, the decoding-method flags and the methods they build. One place,
-so a flag means the same in every subcommand."""
+"""What several subcommands share: the model flags, the engine flags, and the decoding methods' flags (generated from
+the registered methods' fields) with the methods they build. One place, so a flag means the same in every
+subcommand."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import typing
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from transformers import PreTrainedModel
 
-from ..decoding.methods import METHODS, DecodingMethod
+from ..decoding.engine import Engine, TransformersEngine
+from ..decoding.methods import METHODS, DecodingMethod, method_class
 from ..distributed import process_state
 from ..settings import SettingError, check_settings, positive_int, setting, unit_interval
-from .flags import Flags, add_flags, values
+from .flags import Flags, add_field_flag, has_flag, spelling
 
 DTYPES = ("float32", "bfloat16", "float16")
 ENGINES = ("hf", "vllm")
-CPU_MEMORY = 0.3  # vLLM's gpu_memory_utilization on CPU, the share of host memory its KV cache reserves (measured)
 
 
 @dataclass(kw_only=True)
@@ -38,17 +39,19 @@ def pair_slots(value: Any) -> int:
 
 @dataclass(kw_only=True)
 class EngineArguments:
-    """Which engine decodes: transformers' ``generate()``, or one vLLM engine (``pip install "ctd_hf[vllm]"``)."""
+    """Which engine decodes: transformers' ``generate()``, or one vLLM engine (``pip install "ctd_hf[vllm]"``). The
+    vllm flags are passed to ``VLLMEngine``, which picks what is left out."""
 
     engine: str = setting("hf", choices=ENGINES, help=(
         "hf: transformers' generate(); vllm: one vLLM engine (ctd_hf[vllm]): od, id, ctd and cd, greedy or sampled, "
         "no beam search."))
-    vllm_max_num_seqs: int = setting(8, check=pair_slots, help="vllm: requests per step (even: a pair's two rows).")
+    vllm_max_num_seqs: int | None = setting(None, check=pair_slots, help=(
+        "vllm: requests per step (even: a pair's two rows; default: the engine's, 8)."))
     vllm_max_model_len: int | None = setting(None, check=positive_int, help=(
         "vllm: positions per request, prompt + CTD prefix + answer (default: the model's max_position_embeddings)."))
     vllm_memory: float | None = setting(None, check=unit_interval, help=(
-        f"vllm: gpu_memory_utilization, the share of GPU memory (on CPU: of host memory) vLLM reserves (default: "
-        f"vLLM's on GPU, {CPU_MEMORY} on CPU)."))
+        "vllm: gpu_memory_utilization, the share of GPU memory (on CPU: of host memory) vLLM reserves (default: "
+        "the engine's: vLLM's on GPU, 0.3 on CPU)."))
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -57,54 +60,81 @@ class EngineArguments:
                 if field.name.startswith("vllm_") and getattr(self, field.name) != field.default:
                     raise SettingError(field.name, "applies to the vllm engine only: add --engine vllm or drop it.")
 
-    def build(self, model: PreTrainedModel) -> Any:
-        """The engine for ``model`` (its folder and dtype): ``None`` for hf, else a ``VLLMEngine`` (eager mode and
-        :data:`CPU_MEMORY` on CPU, the set-up measured there)."""
+    def build(self, model: PreTrainedModel) -> Engine:
+        """The engine for ``model`` (its folder and dtype)."""
         if self.engine == "hf":
-            return None
+            return TransformersEngine()
         if process_state().num_processes > 1:
             raise ValueError("--engine vllm runs one engine in one process (vLLM parallelises on its own): run it "
                              "without accelerate launch, or shard with separate jobs.")
         from ..integrations.vllm import VLLMEngine  # imports vLLM: only when asked for
 
-        on_cpu = not torch.cuda.is_available()
-        memory = self.vllm_memory or (CPU_MEMORY if on_cpu else None)
-        options = {"enforce_eager": True} if on_cpu else {}
-        if memory is not None:
-            options["gpu_memory_utilization"] = memory
-        length = self.vllm_max_model_len or model.config.max_position_embeddings
-        return VLLMEngine(model.name_or_path, max_model_len=length, max_num_seqs=self.vllm_max_num_seqs,
-                          dtype=str(model.dtype).removeprefix("torch."), **options)
+        return VLLMEngine(model, max_model_len=self.vllm_max_model_len, max_num_seqs=self.vllm_max_num_seqs,
+                          memory=self.vllm_memory)
+
+
+METHOD_DEST = "method:"  # the method flags' destinations, apart from the other settings in the namespace
+
+
+def _method_flags() -> dict[str, list[tuple[type[DecodingMethod], dataclasses.Field]]]:
+    """Each method flag (``--beta``) and the registered methods' fields it sets (ctd's and ctd-lora's strength)."""
+    owners: dict[str, list[tuple[type[DecodingMethod], dataclasses.Field]]] = {}
+    for cls in METHODS.values():
+        for field in dataclasses.fields(cls):
+            if has_flag(field):
+                owners.setdefault(spelling(field), []).append((cls, field))
+    return owners
+
+
+def _dest(flag: str) -> str:
+    return METHOD_DEST + flag.lstrip("-").replace("-", "_")
 
 
 def add_method_flags(parser: argparse.ArgumentParser, flags: Flags) -> None:
-    """The decoding methods' settings (``DecodingMethod``'s fields); each method's strength has its own flag."""
-    add_flags(parser.add_argument_group("decoding methods"), DecodingMethod, flags)
-
-
-def strength_flag(flags: Flags, name: str) -> str | None:
-    """The flag setting method ``name``'s strength (none for od)."""
-    return flags.get(f"strength:{name}")
+    """The registered methods' settings as flags, one flag per spelling: a flag several methods declare (``--prefix``,
+    ``--backend``) sets each of them. Absent unless given, so a flag for a method that is not run is refused."""
+    group = parser.add_argument_group("decoding methods")
+    for flag, owners in _method_flags().items():
+        cls, field = owners[0]
+        helps: dict[str, list[str]] = {}  # one help text, and the methods it describes
+        for owner, owner_field in owners:
+            helps.setdefault(owner_field.metadata["help"], []).append(owner.name)
+        text = "; ".join(f"{', '.join(names)}: {help_text.rstrip('.')}" for help_text, names in helps.items())
+        add_field_flag(group, field, typing.get_type_hints(cls)[field.name], (flag, *field.metadata.get("aliases", ())),
+                       _dest(flag), flags, absent=True, help_text=text)
+        if len({owner_field.name for _, owner_field in owners}) == 1:
+            flags.setdefault(field.name, flag)  # a method's error names the parameter; the CLI prints its flag
 
 
 def check_method_arguments(args: argparse.Namespace, names: list[str]) -> None:
-    """Refuse method flags that do not fit the chosen methods, before any model is loaded."""
-    flags = args.flags
+    """Refuse, before any model is loaded, an unknown method, a method without a setting it needs, and a method flag
+    that no chosen method uses (it would decode as if it had not been given)."""
     unknown = [name for name in names if name not in METHODS]
     if unknown:
         raise ValueError(f"Unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}.")
-    if "ctd" in names and not args.prefix:
-        raise ValueError(f"Method ctd needs {flags['prefix']} (a folder written by `ctd-hf tune`).")
-    if "cd" in names and not args.amateur:
-        raise ValueError(f"Method cd needs {flags['amateur']} (a smaller model with the same tokenizer).")
-    for method in ("ctd", "id", "cd"):
-        if getattr(args, f"strength:{method}") is not None and method not in names:
-            raise ValueError(f"{strength_flag(flags, method)} sets the strength of method {method}, which is not run "
-                             f"here (methods: {', '.join(names)}).")
+    given = {flag for flag in _method_flags() if _dest(flag) in vars(args)}
+    for flag, owners in _method_flags().items():
+        users = [cls.name for cls, _ in owners]
+        if flag in given and not set(users) & set(names):
+            raise ValueError(f"{flag} is a setting of method {'/'.join(users)}, which is not run here (methods: "
+                             f"{', '.join(names)}).")
+        for cls, field in owners:
+            if cls.name in names and field.metadata.get("needed") and flag not in given:
+                raise ValueError(f"Method {cls.name} needs {flag} ({field.metadata['needed']}).")
 
 
-def decoding_method(args: argparse.Namespace, name: str, strength: float | None = None) -> DecodingMethod:
-    """Method ``name`` from the method flags (``strength`` replaces its strength flag)."""
-    chosen = values(args, DecodingMethod)
-    chosen["strength"] = getattr(args, f"strength:{name}", None) if strength is None else strength
-    return DecodingMethod(name, **chosen)
+def given_method_flag(args: argparse.Namespace, flag: str) -> bool:
+    """Whether the method flag ``flag`` (e.g. ``--prefix``) was given."""
+    return _dest(flag) in vars(args)
+
+
+def method_from_flags(args: argparse.Namespace, name: str, **overrides: Any) -> DecodingMethod:
+    """Method ``name`` with its settings from the method flags; ``overrides`` replace some (``strength`` from
+    ``--methods ctd@0.5``)."""
+    cls, parsed = method_class(name), vars(args)
+    chosen = {field.name: parsed[_dest(spelling(field))] for field in dataclasses.fields(cls)
+              if has_flag(field) and _dest(spelling(field)) in parsed}
+    unknown = set(overrides) - {field.name for field in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"Method {name} has no {', '.join(sorted(unknown))}.")
+    return cls(**{**chosen, **overrides})

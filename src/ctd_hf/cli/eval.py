@@ -4,19 +4,17 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import transformers
 
-from ..decoding.methods import DecodingMethod
 from ..evaluation.runner import EvalSettings, run_evaluation
 from ..evaluation.tasks import get_task, task_names
 from ..models import load_model_and_tokenizer, model_id
 from ..settings import check_settings, contrast_strength, output_folder, setting
-from .arguments import EngineArguments, ModelArguments, add_method_flags, check_method_arguments, decoding_method
+from .arguments import EngineArguments, ModelArguments, add_method_flags, check_method_arguments, method_from_flags
 from .flags import add_flags, values
 
 
@@ -67,13 +65,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def task_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """The task options given on the command line, per task."""
-    options: dict[str, dict[str, Any]] = {}
-    for key, value in vars(args).items():
-        if ":" in key and not key.startswith("strength:"):
-            task, option = key.split(":", 1)
-            options.setdefault(task, {})[option] = value
-    return options
+    """The task options given on the command line, per task (stored under ``<task>:<option>``)."""
+    given = {name: values(args, get_task(name).options, dest_prefix=f"{name}:") for name in task_names()}
+    return {name: options for name, options in given.items() if options}
 
 
 def run(args: argparse.Namespace) -> dict | None:
@@ -87,15 +81,9 @@ def run(args: argparse.Namespace) -> dict | None:
     for name in settings.benchmarks:  # refuse task options that do not fit together before any model loads
         settings.task_options(get_task(name))
     transformers.set_seed(command.seed)
+    methods = {label: method_from_flags(args, name, **({} if value is None else {"strength": value}))
+               for label, (name, value) in specs.items()}
     model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
-    methods: dict[str, DecodingMethod] = {}
-    for label, (name, value) in specs.items():
-        method = decoding_method(args, name, value)
-        if name == "cd":  # one amateur in memory for every strength
-            loaded = next((other.amateur for other in methods.values() if other.name == "cd"), None)
-            method = dataclasses.replace(method, amateur=loaded) if loaded is not None else method
-            method.check(model, tokenizer)
-        methods[label] = method
     report = run_evaluation(model, tokenizer, methods, settings, args.output_dir, model_id(model), command.seed,
                             engine_arguments.build(model))
     if report is not None:

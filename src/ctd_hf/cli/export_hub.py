@@ -6,7 +6,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..decoding.methods import DecodingMethod
+from ..decoding.methods import CTDMethod
 from ..integrations.hub import export_custom_generate
 from ..settings import like, setting
 from .flags import add_flags
@@ -15,8 +15,7 @@ from .flags import add_flags
 @dataclass(kw_only=True)
 class ExportCommand:
     prefix_dir: str = setting(positional=True, help="Prefix folder written by `ctd-hf tune` (published as it is).")
-    beta: float = like(DecodingMethod, "strength", 0.3, flags=None,
-                       help="Default contrast strength of the exported generate.")
+    strength: float = like(CTDMethod, "strength", help="Default contrast strength (beta) of the exported generate.")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -30,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> Path:
     """Export the prefix folder; print and return the ``custom_generate`` folder."""
-    folder = export_custom_generate(args.prefix_dir, beta=args.beta)
+    folder = export_custom_generate(args.prefix_dir, strength=args.strength)
     print(f"Wrote {folder}/generate.py, requirements.txt and the card {folder.parent / 'README.md'}. Publish "
           f"{folder.parent} as a Hub repository (or use the folder as it is): "
           "model.generate(**inputs, custom_generate=REPO_OR_DIR, trust_remote_code=True).")

@@ -6,8 +6,8 @@ while argparse parses, so a bad value gets argparse's one-line error naming the 
 
 transformers' ``HfArgumentParser`` (TRL's choice) is not used because it cannot express what these flags are: it
 passes every metadata key to ``add_argument`` (so a field cannot carry its check), reads ``tuple`` fields as one
-string, spells each flag twice (``--max_new_tokens`` and ``--max-new-tokens``), and has no per-method flags such as
-``--beta``/``--id-strength`` for the one ``DecodingMethod.strength``.
+string, spells each flag twice (``--max_new_tokens`` and ``--max-new-tokens``), and cannot give one flag to the fields
+of several classes (``--prefix`` for the ctd and ctd-lora methods, ``cli.arguments``).
 """
 
 from __future__ import annotations
@@ -79,40 +79,61 @@ def add_flags(
     hints = typing.get_type_hints(settings)
     chosen = None if names is None else set(names)
     for field in dataclasses.fields(settings):
-        meta = field.metadata
-        if "help" not in meta or meta.get("cli") is False or (chosen is not None and field.name not in chosen):
+        if not has_flag(field) or (chosen is not None and field.name not in chosen):
             continue
-        kind, many = _kind(hints[field.name])
-        kind = meta.get("flag_type", kind)
-        check, choices = meta.get("check"), meta.get("choices")
-        per_method = meta.get("flags")  # one flag per method for one field (DecodingMethod.strength)
-        for label, (spellings, method_help) in (per_method.items() if per_method else [(None, (None, None))]):
-            dest = dest_prefix + (field.name if label is None else f"{field.name}:{label}")
-            if spellings is None:
-                main = (rename or {}).get(field.name) or meta.get("flag") or f"--{prefix}{field.name.replace('_', '-')}"
-                spellings = (main, *meta.get("aliases", ()))
-            declared = _default(field)
-            # Per-method flags default to None (the method's own default); absent flags stay out of the namespace.
-            default = argparse.SUPPRESS if absent else None if per_method else declared
-            help_text = method_help or meta["help"]
-            if declared not in (None, (), {}) and kind is not bool and "default" not in help_text:
-                help_text += f" (default: {','.join(map(str, declared)) if many else declared})"
-            required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
-            if meta.get("positional"):
-                parser.add_argument(dest, type=_parser(field.name, kind, many, check, choices), help=help_text)
-            elif meta.get("repeat"):
-                parser.add_argument(*spellings, dest=dest, action="append", default=default, help=help_text,
-                                    type=_parser(field.name, kind, False, check, choices))
-            elif kind is bool:
-                negated = spellings[0].startswith("--no-")
-                parser.add_argument(*spellings, dest=dest, action="store_false" if negated else "store_true",
-                                    default=argparse.SUPPRESS if absent else negated, help=help_text)
-            else:
-                listed = {"choices": choices} if choices and not many else {
-                    "metavar": spellings[0].lstrip("-").replace("-", "_").upper()}
-                parser.add_argument(*spellings, dest=dest, type=_parser(field.name, kind, many, check, choices),
-                                    default=default, required=required, help=help_text, **listed)
-            flags[dest] = field.name if meta.get("positional") else spellings[0]
+        main = (rename or {}).get(field.name) or spelling(field, prefix)
+        add_field_flag(parser, field, hints[field.name], (main, *field.metadata.get("aliases", ())),
+                       dest_prefix + field.name, flags, absent=absent)
+
+
+def has_flag(field: dataclasses.Field) -> bool:
+    """Whether a settings field is on the command line (declared with help, not ``cli=False``)."""
+    return "help" in field.metadata and field.metadata.get("cli") is not False
+
+
+def spelling(field: dataclasses.Field, prefix: str = "") -> str:
+    """A field's flag: its declared ``flag``, else ``--<prefix><name>`` with dashes."""
+    return field.metadata.get("flag") or f"--{prefix}{field.name.replace('_', '-')}"
+
+
+def add_field_flag(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    field: dataclasses.Field,
+    hint: Any,
+    spellings: tuple[str, ...],
+    dest: str,
+    flags: Flags,
+    *,
+    absent: bool = False,
+    help_text: str | None = None,
+) -> None:
+    """One field's flag (``spellings``) storing into ``dest``: typed from ``hint``, with the field's help (or
+    ``help_text``), choices and check."""
+    meta = field.metadata
+    kind, many = _kind(hint)
+    kind = meta.get("flag_type", kind)
+    check, choices = meta.get("check"), meta.get("choices")
+    declared = _default(field)
+    default = argparse.SUPPRESS if absent else declared  # absent flags stay out of the namespace
+    help_text = help_text or meta["help"]
+    if declared not in (None, (), {}) and kind is not bool and "default" not in help_text:
+        help_text += f" (default: {','.join(map(str, declared)) if many else declared})"
+    required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+    if meta.get("positional"):
+        parser.add_argument(dest, type=_parser(field.name, kind, many, check, choices), help=help_text)
+    elif meta.get("repeat"):
+        parser.add_argument(*spellings, dest=dest, action="append", default=default, help=help_text,
+                            type=_parser(field.name, kind, False, check, choices))
+    elif kind is bool:
+        negated = spellings[0].startswith("--no-")
+        parser.add_argument(*spellings, dest=dest, action="store_false" if negated else "store_true",
+                            default=argparse.SUPPRESS if absent else negated, help=help_text)
+    else:
+        listed = {"choices": choices} if choices and not many else {
+            "metavar": spellings[0].lstrip("-").replace("-", "_").upper()}
+        parser.add_argument(*spellings, dest=dest, type=_parser(field.name, kind, many, check, choices),
+                            default=default, required=required and not absent, help=help_text, **listed)
+    flags[dest] = field.name if meta.get("positional") else spellings[0]
 
 
 def _default(field: dataclasses.Field) -> Any:
@@ -122,7 +143,8 @@ def _default(field: dataclasses.Field) -> Any:
     return field.default_factory() if field.default_factory is not dataclasses.MISSING else None
 
 
-def values(args: argparse.Namespace, settings: type) -> dict[str, Any]:
-    """The parsed values of ``settings``' fields present in ``args``."""
+def values(args: argparse.Namespace, settings: type, dest_prefix: str = "") -> dict[str, Any]:
+    """The parsed values of ``settings``' fields present in ``args`` (stored under ``dest_prefix`` + name)."""
     parsed = vars(args)
-    return {field.name: parsed[field.name] for field in dataclasses.fields(settings) if field.name in parsed}
+    return {field.name: parsed[dest_prefix + field.name] for field in dataclasses.fields(settings)
+            if dest_prefix + field.name in parsed}

@@ -12,12 +12,13 @@ import transformers
 from tqdm.auto import tqdm
 
 from ..decoding.answers import GenerationSettings, check_prompt_lengths, generate_answers
-from ..decoding.methods import METHODS
+from ..decoding.methods import method_class
 from ..models import load_model_and_tokenizer
 from ..prompts import prompt_format_setting
 from ..records import load_json_records
 from ..settings import SettingError, check_settings, positive_int, setting
-from .arguments import EngineArguments, ModelArguments, add_method_flags, check_method_arguments, decoding_method
+from .arguments import (EngineArguments, ModelArguments, add_method_flags, check_method_arguments, given_method_flag,
+                        method_from_flags)
 from .flags import add_flags, values
 
 
@@ -28,9 +29,9 @@ class GenerateCommand:
         "JSON list / JSONL of prompts (strings, or objects with `prompt` or `instruction` and optional `input`), or "
         "a text file of one prompt a line."))
     prompt_format: str = prompt_format_setting()
-    method: str | None = setting(None, choices=METHODS, help=(
-        "od: plain; id: Instructive Decoding; cd: Contrastive Decoding; ctd: CTD (default: ctd with --prefix, else "
-        "od)."))
+    method: str | None = setting(None, check=lambda name: method_class(name).name, help=(
+        "A registered method: od (plain), id (Instructive Decoding), cd (Contrastive Decoding), ctd, ctd-lora "
+        "(default: ctd with --prefix, else od)."))
     batch_size: int = setting(8, check=positive_int, help="Prompts per generate() call.")
     seed: int = setting(0, help="Seeds sampling.")
     output: str | None = setting(None, help="Write JSONL here instead of printing.")
@@ -87,8 +88,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     command = GenerateCommand(**values(args, GenerateCommand))
     generation = GenerationSettings(**values(args, GenerationSettings))
     engine_arguments = EngineArguments(**values(args, EngineArguments))
-    name = command.method or ("ctd" if args.prefix else "od")
+    name = command.method or ("ctd" if given_method_flag(args, "--prefix") else "od")
     check_method_arguments(args, [name])
+    method = method_from_flags(args, name)
     messages = read_prompts(command)
     output = command.output
     if output and Path(output).is_dir():
@@ -98,17 +100,16 @@ def run(args: argparse.Namespace) -> list[dict]:
                          "Name another file.")
     transformers.set_seed(command.seed)
     model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
-    method = decoding_method(args, name)
-    method.check(model, tokenizer)
+    bound = method.bind(model, tokenizer)
     engine = engine_arguments.build(model)
-    check_prompt_lengths(model, tokenizer, messages, command.prompt_format, generation.max_new_tokens,
-                         method.prefix_length, fix=f"shorten it or lower {args.flags['max_new_tokens']}", engine=engine)
+    check_prompt_lengths(bound, messages, command.prompt_format, generation.max_new_tokens,
+                         fix=f"shorten it or lower {args.flags['max_new_tokens']}", engine=engine)
     records, sink = [], open(output, "w") if output else sys.stdout
     try:
         for start in tqdm(range(0, len(messages), command.batch_size), desc="Generating", unit="batch",
                           file=sys.stderr):
             batch = messages[start : start + command.batch_size]
-            answers = generate_answers(model, tokenizer, batch, method, command.prompt_format, engine=engine,
+            answers = generate_answers(model, tokenizer, batch, bound, command.prompt_format, engine=engine,
                                        **generation.generate_kwargs())
             for message, answer in zip(batch, answers):
                 record = {"prompt": message["content"], "input": message.get("input", ""), "output": answer,

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import datasets
 
-from ..decoding.answers import GenerationSettings, check_prompt_lengths
-from ..decoding.methods import METHODS
+from ..decoding.answers import GenerationSettings
+from ..decoding.methods import method_class
 from ..distributed import process_state
 from ..models import load_model_and_tokenizer
 from ..settings import output_folder, setting
 from ..synthesis import SynthSettings, load_instructions, synthesize
-from .arguments import EngineArguments, ModelArguments, add_method_flags, check_method_arguments, decoding_method
+from .arguments import (EngineArguments, ModelArguments, add_method_flags, check_method_arguments, given_method_flag,
+                        method_from_flags)
 from .flags import add_flags, values
 
 logger = logging.getLogger(__name__)
@@ -27,8 +28,9 @@ class SynthCommand:
     instructions: str = setting(help="JSON/JSONL file (gzip allowed) of records with `instruction`, optional "
                                      "`input`/`id`.")
     output_dir: str = setting(check=output_folder, help="Shards, data.jsonl, dataset/ and synthesis_config.json.")
-    method: str | None = setting(None, choices=METHODS, help=(
-        "Default: cd (CoDIT; --amateur is the expert's pre-trained base model), or ctd with --prefix."))
+    method: str | None = setting(None, check=lambda name: method_class(name).name, help=(
+        "A registered method (default: cd, CoDIT's, with --amateur the expert's pre-trained base model; ctd with "
+        "--prefix)."))
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -50,19 +52,12 @@ def run(args: argparse.Namespace) -> datasets.Dataset | None:
     generation = GenerationSettings(**values(args, GenerationSettings))
     settings = SynthSettings(generation=generation, **values(args, SynthSettings))
     engine_arguments = EngineArguments(**values(args, EngineArguments))
-    name = args.method or ("ctd" if args.prefix else "cd")
-    if name == "cd" and not args.amateur:
-        raise ValueError("Method cd needs --amateur: the expert's pre-trained base model (CoDIT contrasts the two).")
+    name = args.method or ("ctd" if given_method_flag(args, "--prefix") else "cd")
     check_method_arguments(args, [name])
-    device = process_state().device
-    records = load_instructions(args.instructions, settings.limit)
-    expert, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype, device=device)
-    method = decoding_method(args, name)
-    method.check(expert, tokenizer)
+    method = method_from_flags(args, name)
+    load_instructions(args.instructions, settings.limit)  # a bad file is refused before the model loads
+    expert, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype, device=process_state().device)
     engine = engine_arguments.build(expert)
-    messages = [{"role": "user", "content": r["instruction"], "input": r["input"]} for r in records]
-    check_prompt_lengths(expert, tokenizer, messages, settings.prompt_format, generation.max_new_tokens,
-                         method.prefix_length, fix=f"shorten it or lower {args.flags['max_new_tokens']}", engine=engine)
     dataset = synthesize(expert, tokenizer, args.instructions, args.output_dir, method, settings, engine=engine)
     if dataset is not None:
         logger.info("Wrote %d examples to %s and %s", len(dataset), Path(args.output_dir, "data.jsonl"),

@@ -1,5 +1,5 @@
-"""Decoding a batch of chat messages with a :class:`~ctd_hf.DecodingMethod`: prompt formatting, left padding, the
-method's contrast on its executor, and the decoded answers."""
+"""Answering a batch of chat messages with a decoding method: prompt formatting, left padding, the method's contrast
+on an :class:`~ctd_hf.decoding.engine.Engine`, and the decoded answers."""
 
 from __future__ import annotations
 
@@ -10,12 +10,11 @@ import torch
 from transformers import BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..prompts import encode_prompt, format_prompt
-from .doubled import generate_doubled
-from .layout import pad_left
-from .methods import DecodingMethod
-from .recording import OriginalPredictions
-from .stream import ContrastProcessor
 from ..settings import check_settings, positive_int, positive_number, setting, unit_interval
+from .engine import Engine, TransformersEngine
+from .layout import check_positions, pad_left
+from .methods import BoundMethod, DecodingMethod, ODMethod
+from .recording import OriginalPredictions
 
 
 @dataclass(kw_only=True)
@@ -50,43 +49,29 @@ def encode_messages(
 
 @torch.no_grad()
 def generate_for_messages(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
+    method: BoundMethod,
     messages: list[dict],
-    method: DecodingMethod,
     prompt_format: str = "chatml",
     record: OriginalPredictions | None = None,
-    engine: Any = None,
+    engine: Engine | None = None,
     **generate_kwargs: Any,
 ) -> tuple[Any, int]:
-    """Run ``generate()`` with ``method`` on a batch of single-turn prompts (user messages).
+    """Decode a batch of single-turn prompts (user messages) with a bound ``method`` on ``engine`` (default:
+    transformers' ``generate()``).
 
-    Returns ``generate()``'s output and the (padded) prompt length, where the generated tokens start. ``record``
-    collects the original model's per-step predictions (contrastive methods only). ``engine`` runs it elsewhere: an
-    object with this function's signature as its ``generate_for_messages`` method (a
-    :class:`ctd_hf.integrations.vllm.VLLMEngine`); ``None`` runs ``model.generate()``.
+    Returns the engine's output (``generate()``'s) and the (padded) prompt length, where the generated tokens start.
+    ``record`` collects the original model's per-step predictions (contrastive methods only).
     """
-    if engine is not None:
-        return engine.generate_for_messages(model, tokenizer, messages, method, prompt_format, record,
-                                            **generate_kwargs)
     if not messages:
         raise ValueError("No message to answer: pass at least one user message.")
+    engine = engine or TransformersEngine()
+    model, tokenizer = method.model, method.tokenizer
     inputs = encode_messages(tokenizer, messages, prompt_format).to(model.device)
-    contrast = method.contrast(model, tokenizer, method.noisy_prompts(tokenizer, messages, prompt_format, model.device))
-    limit = getattr(model.config, "max_position_embeddings", None)
     needed = int(inputs["attention_mask"].sum(dim=1).max()) + method.prefix_length + generate_kwargs.get(
         "max_new_tokens", 0)
-    if limit and needed > limit:
-        raise ValueError(f"A prompt of the batch needs {needed} positions (prompt, {method.prefix_length} prefix and "
-                         f"max_new_tokens), more than the model's {limit}: shorten it or lower max_new_tokens.")
-    options = {"pad_token_id": tokenizer.pad_token_id, **inputs, **generate_kwargs}
-    if contrast is None:
-        output = model.generate(**options)
-    elif method.doubled:
-        output = generate_doubled(model, contrast, record=record, **options)
-    else:
-        with ContrastProcessor(contrast, record) as processor:
-            output = model.generate(logits_processor=[processor], **options)
+    check_positions(engine.max_positions(model), needed, "A prompt of the batch", holder=_holder(engine))
+    output = engine.generate(model, method.contrast_for(messages, prompt_format), inputs, backend=method.backend,
+                             record=record, **{"pad_token_id": tokenizer.pad_token_id, **generate_kwargs})
     return output, inputs["input_ids"].shape[1]
 
 
@@ -94,37 +79,39 @@ def generate_answers(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     messages: list[dict],
-    method: DecodingMethod | None = None,
+    method: DecodingMethod | BoundMethod | None = None,
     prompt_format: str = "chatml",
-    engine: Any = None,
+    engine: Engine | None = None,
     **generate_kwargs: Any,
 ) -> list[str]:
-    """Answer a batch of single-turn prompts (user messages) with ``method`` (plain decoding by default), on
-    ``model.generate()`` or ``engine`` (see :func:`generate_for_messages`)."""
-    output, prompt_length = generate_for_messages(model, tokenizer, messages, method or DecodingMethod("od"),
-                                                  prompt_format, engine=engine, **generate_kwargs)
+    """Answer a batch of single-turn prompts (user messages) with ``method`` (a spec, bound here to ``model``, or a
+    bound method; plain decoding by default), on ``engine`` (default: transformers' ``generate()``)."""
+    method = method or ODMethod()
+    bound = method if isinstance(method, BoundMethod) else method.bind(model, tokenizer)
+    output, prompt_length = generate_for_messages(bound, messages, prompt_format, engine=engine, **generate_kwargs)
     sequences = output if isinstance(output, torch.Tensor) else output.sequences
     return [answer.strip() for answer in tokenizer.batch_decode(sequences[:, prompt_length:], skip_special_tokens=True)]
 
 
 def check_prompt_lengths(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
+    method: BoundMethod,
     messages: list[dict],
     prompt_format: str,
     max_new_tokens: int,
-    extra: int = 0,
     fix: str = "shorten it or lower max_new_tokens",
-    engine: Any = None,
+    engine: Engine | None = None,
 ) -> None:
-    """Refuse prompts that cannot fit the model's positions (or ``engine``'s ``max_model_len``) together with the
-    answer (and ``extra``: a prefix)."""
-    limit = getattr(engine, "max_model_len", None) or getattr(model.config, "max_position_embeddings", None)
-    holder = "model" if engine is None else "engine"
+    """Refuse, before anything is decoded, prompts that cannot fit the positions of ``engine`` (default: the model's)
+    together with the answer and the method's prefix."""
+    engine = engine or TransformersEngine()
+    limit, tokenizer = engine.max_positions(method.model), method.tokenizer
     for message in messages:
         needed = len(encode_prompt(format_prompt([message], prompt_format, tokenizer), tokenizer, prompt_format))
-        needed += max_new_tokens + extra
-        if limit and needed > limit:
-            raise ValueError(f"The prompt {message['content'][:40]!r}... needs {needed} positions (prompt, "
-                             f"{max_new_tokens} new tokens, {extra} prefix tokens), more than the {holder}'s {limit}: "
-                             f"{fix}.")
+        check_positions(limit, needed + max_new_tokens + method.prefix_length, f"The prompt "
+                        f"{message['content'][:40]!r}... ({max_new_tokens} new tokens, {method.prefix_length} prefix "
+                        "tokens)", fix, holder=_holder(engine))
+
+
+def _holder(engine: Engine) -> str:
+    """Whose position limit an engine applies, for messages."""
+    return "model" if isinstance(engine, TransformersEngine) else f"{engine.name} engine"

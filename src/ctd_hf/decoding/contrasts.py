@@ -16,10 +16,11 @@ import torch.nn.functional as F
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .._compat import adapter_layers_enabled
+from .._compat import adapter_layers_active, adapter_layers_enabled
 from ..adapter import resolve_prefix
-from ..formula import contrast_logits, contrastive_decoding_scores
-from ..settings import check_value, contrast_strength, positive_number, unit_interval
+from ..formula import (DEFAULT_CD_STRENGTH, DEFAULT_PLAUSIBILITY, DEFAULT_STRENGTH, contrast_logits,
+                       contrastive_decoding_scores)
+from ..settings import check_value, contrast_strength, positive_number, renamed_arguments, unit_interval
 from .layout import check_left_padded, insert_prefix
 
 
@@ -66,6 +67,11 @@ class Contrast(ABC):
         """Whether both views are one model's forward (then the doubled executor can run them as one batch)."""
         return self.contrast_model is self.model
 
+    @property
+    def prefix_length(self) -> int:
+        """Positions the second view adds before each prompt (CTD's prefix), which position limits must count."""
+        return 0
+
     def first_view(self) -> AbstractContextManager:
         """Entered while an executor runs ``generate()``: the state in which ``model`` gives the original logits."""
         return nullcontext()
@@ -101,14 +107,15 @@ class Contrast(ABC):
 
 
 class CTDContrast(Contrast):
-    r"""Contrastive Tuning and Decoding: ``log_softmax(z - beta * z~)``, ``z~`` the logits of the same model with the
-    tuned soft prefix placed right before each prompt's first token (where the trainer put it).
+    r"""Contrastive Tuning and Decoding: ``log_softmax(z - strength * z~)``, ``z~`` the logits of the same model with
+    the tuned soft prefix placed right before each prompt's first token (where the trainer put it).
 
     Args:
         model: the model being decoded (the one the prefix was tuned for).
         prefix: an adapter folder written by ``ctd-hf tune``, a prompt-tuning ``PeftModel`` or a
             ``(num_virtual_tokens, hidden)`` tensor.
-        beta: contrast strength (0 gives plain decoding).
+        strength: contrast strength, the paper's ``beta`` (0 gives plain decoding; ``beta=`` is its deprecated
+            name here).
 
     Example:
         >>> import torch
@@ -116,17 +123,22 @@ class CTDContrast(Contrast):
         >>> from ctd_hf import generate_doubled
         >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
         ...                                      num_hidden_layers=1, num_attention_heads=2)).eval()
-        >>> contrast = CTDContrast(model, torch.randn(4, 16), beta=0.3)
+        >>> contrast = CTDContrast(model, torch.randn(4, 16), strength=0.3)
         >>> generate_doubled(model, contrast, input_ids=torch.tensor([[1, 5, 7]]), max_new_tokens=3, min_new_tokens=3,
         ...                  do_sample=False, pad_token_id=0).shape
         torch.Size([1, 6])
     """
 
+    @renamed_arguments(beta="strength")
     def __init__(
-        self, model: PreTrainedModel, prefix: str | Path | PeftModel | torch.Tensor, beta: float = 0.3
+        self, model: PreTrainedModel, prefix: str | Path | PeftModel | torch.Tensor, strength: float = DEFAULT_STRENGTH
     ) -> None:
-        super().__init__(model, check_value("beta", beta, contrast_strength))
+        super().__init__(model, check_value("strength", strength, contrast_strength))
         self.prefix = resolve_prefix(self.model, prefix)
+
+    @property
+    def prefix_length(self) -> int:
+        return self.prefix.shape[0]
 
     def second_view(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         embeds, mask = insert_prefix(self.model.get_input_embeddings()(input_ids), attention_mask, self.prefix)
@@ -134,7 +146,7 @@ class CTDContrast(Contrast):
 
 
 class LoRAContrast(Contrast):
-    r"""CTD's LoRA variant (the paper's section 7.3): ``log_softmax(z - beta * z~)``, ``z~`` the logits of the model
+    r"""CTD's LoRA variant (the paper's section 7.3): ``log_softmax(z - strength * z~)``, ``z~`` the logits of the model
     with the contrastively tuned LoRA adapter enabled, ``z`` with it disabled (one set of base weights).
 
     Both views are the same modules in two adapter states, so they cannot share one batch: only the stream executor
@@ -143,7 +155,7 @@ class LoRAContrast(Contrast):
 
     Args:
         model: a ``PeftModel`` holding a LoRA adapter (e.g. what ``CTDTrainer`` trained with a ``LoraConfig``).
-        beta: contrast strength (0 gives plain decoding).
+        strength: contrast strength, the paper's ``beta`` (0 gives plain decoding).
 
     Example:
         >>> import torch
@@ -153,18 +165,19 @@ class LoRAContrast(Contrast):
         >>> base = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
         ...                                     num_hidden_layers=1, num_attention_heads=2)).eval()
         >>> lora = get_peft_model(base, LoraConfig(task_type=TaskType.CAUSAL_LM, r=2, init_lora_weights=False))
-        >>> with ContrastProcessor(LoRAContrast(lora, beta=0.3)) as processor:
+        >>> with ContrastProcessor(LoRAContrast(lora, strength=0.3)) as processor:
         ...     lora.generate(input_ids=torch.tensor([[1, 5, 7]]), logits_processor=[processor], max_new_tokens=3,
         ...                   min_new_tokens=3, do_sample=False, pad_token_id=0).shape
         torch.Size([1, 6])
     """
 
-    def __init__(self, model: PeftModel, beta: float = 0.3) -> None:
+    @renamed_arguments(beta="strength")
+    def __init__(self, model: PeftModel, strength: float = DEFAULT_STRENGTH) -> None:
         if not isinstance(model, PeftModel) or model.active_peft_config.is_prompt_learning:
             raise ValueError(f"LoRAContrast needs a PeftModel with a LoRA adapter, got {type(model).__name__}; a soft "
                              "prefix decodes with CTDContrast.")
         self.peft_model = model
-        super().__init__(model.get_base_model(), check_value("beta", beta, contrast_strength))
+        super().__init__(model.get_base_model(), check_value("strength", strength, contrast_strength))
 
     @property
     def shares_model(self) -> bool:
@@ -174,7 +187,11 @@ class LoRAContrast(Contrast):
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     def first_view(self) -> AbstractContextManager:
-        return self.peft_model.disable_adapter()
+        # Off while generate() runs; a model whose layers are already off (a bound ctd-lora method keeps them off
+        # between its own forwards) is left as it is, since disable_adapter() switches them on when it ends.
+        if adapter_layers_active(self.peft_model):
+            return self.peft_model.disable_adapter()
+        return nullcontext()
 
     def second_view_forward(self) -> AbstractContextManager:
         return adapter_layers_enabled(self.peft_model)
@@ -212,7 +229,7 @@ class InstructiveContrast(Contrast):
         model: PreTrainedModel,
         noisy_input_ids: torch.Tensor,
         noisy_attention_mask: torch.Tensor | None = None,
-        strength: float = 0.3,
+        strength: float = DEFAULT_STRENGTH,
     ) -> None:
         super().__init__(model, check_value("strength", strength, contrast_strength))
         if noisy_input_ids.ndim != 2 or noisy_input_ids.shape[1] == 0:
@@ -245,8 +262,8 @@ class InstructiveContrast(Contrast):
 
 
 class ContrastiveDecodingContrast(Contrast):
-    r"""Contrastive Decoding (Li et al. 2022): ``log p_expert - beta * log p_amateur`` on the plausible set
-    ``p_expert >= alpha * max p_expert`` (``-inf`` elsewhere).
+    r"""Contrastive Decoding (Li et al. 2022): ``log p_expert - strength * log p_amateur`` on the plausible set
+    ``p_expert >= plausibility * max p_expert`` (``-inf`` elsewhere; the paper's ``beta`` and ``alpha``).
 
     The expert is the model being decoded; the amateur (usually smaller, same tokenizer) reads the same tokens. Two
     models need two forwards, so only the stream executor runs it. Vocabulary sizes may differ only by padded rows of
@@ -255,24 +272,26 @@ class ContrastiveDecodingContrast(Contrast):
     Args:
         model: the expert.
         amateur: the amateur model.
-        alpha: plausibility threshold (default 0.1).
-        beta: weight of the amateur (1.0 in Li et al.; 0 gives the expert restricted to the plausible set).
+        plausibility: the plausibility threshold, the paper's ``alpha`` (default 0.1).
+        strength: weight of the amateur, the paper's ``beta`` (1.0 in Li et al.; 0 gives the expert restricted to
+            the plausible set). ``alpha=`` and ``beta=`` are the deprecated names of these two.
         amateur_temperature: temperature of the amateur's distribution.
         tokenizer, amateur_tokenizer: when given, their vocabularies must be equal.
     """
 
+    @renamed_arguments(alpha="plausibility", beta="strength")
     def __init__(
         self,
         model: PreTrainedModel,
         amateur: PreTrainedModel,
-        alpha: float = 0.1,
-        beta: float = 1.0,
+        plausibility: float = DEFAULT_PLAUSIBILITY,
+        strength: float = DEFAULT_CD_STRENGTH,
         amateur_temperature: float = 1.0,
         tokenizer: PreTrainedTokenizerBase | None = None,
         amateur_tokenizer: PreTrainedTokenizerBase | None = None,
     ) -> None:
-        super().__init__(model, check_value("beta", beta, contrast_strength), contrast_model=amateur)
-        self.alpha = check_value("alpha", alpha, unit_interval)
+        super().__init__(model, check_value("strength", strength, contrast_strength), contrast_model=amateur)
+        self.plausibility = check_value("plausibility", plausibility, unit_interval)
         self.amateur_temperature = check_value("amateur_temperature", amateur_temperature, positive_number)
         self.vocab_size = _shared_vocab_size(self.model, self.contrast_model, tokenizer, amateur_tokenizer)
 
@@ -283,7 +302,7 @@ class ContrastiveDecodingContrast(Contrast):
         vocab = self.vocab_size
         expert = F.log_softmax(scores[..., :vocab].float(), dim=-1)
         amateur = F.log_softmax(second_logits[..., :vocab].float() / self.amateur_temperature, dim=-1)
-        combined = contrastive_decoding_scores(expert, amateur, self.alpha, self.strength)
+        combined = contrastive_decoding_scores(expert, amateur, self.plausibility, self.strength)
         return F.pad(combined, (0, scores.shape[-1] - vocab), value=float("-inf"))
 
 

@@ -25,7 +25,7 @@ from transformers import (DynamicCache, EpsilonLogitsWarper, EtaLogitsWarper, Ge
 
 from .._compat import CACHE_ARGUMENT, CACHE_ARGUMENTS, find_cache
 from .contrasts import Contrast, decoding_model
-from .layout import check_left_padded, check_positions, positions_from_mask
+from .layout import check_left_padded, check_positions, max_positions, positions_from_mask
 from .recording import OriginalPredictions
 from .stream import ContrastProcessor
 
@@ -112,7 +112,7 @@ class DoubledBatch(LogitsProcessor):
             self.longest += 1
         doubled_mask = torch.cat([F.pad(mask, (self.original_pads, 0), value=0), self.contrast_mask])
         doubled_embeds = torch.cat([embeds, contrast_embeds.to(embeds.dtype)])
-        check_positions(self.model, self.longest, "The doubled batch")
+        check_positions(max_positions(self.model), self.longest, "The doubled batch")
         positions = positions_from_mask(doubled_mask)[:, -doubled_embeds.shape[1] :]
         kwargs.update(inputs_embeds=doubled_embeds, attention_mask=doubled_mask, position_ids=positions)
         return (), kwargs
@@ -217,7 +217,7 @@ def generate_doubled(
         >>> from ctd_hf import CTDContrast
         >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
         ...                                      num_hidden_layers=1, num_attention_heads=2)).eval()
-        >>> generate_doubled(model, CTDContrast(model, torch.randn(4, 16), beta=0.3),
+        >>> generate_doubled(model, CTDContrast(model, torch.randn(4, 16), strength=0.3),
         ...                  input_ids=torch.tensor([[1, 5, 7]]), max_new_tokens=3, min_new_tokens=3, do_sample=False,
         ...                  pad_token_id=0).shape
         torch.Size([1, 6])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from transformers import BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -22,13 +24,24 @@ def check_left_padded(attention_mask: torch.Tensor) -> None:
         )
 
 
-def check_positions(model: PreTrainedModel, length: int, what: str) -> None:
-    """Refuse a sequence longer than the model's position table (``max_position_embeddings``), where positions would
-    wrap or extrapolate without a word."""
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if limit and length > limit:
-        raise ValueError(f"{what} needs {length} positions, more than the model's {limit} (prompt, any soft prefix "
-                         "and the tokens generated so far): shorten the prompt or lower max_new_tokens.")
+def max_positions(model: PreTrainedModel) -> int | None:
+    """The length of ``model``'s position table (``max_position_embeddings``), if it declares one."""
+    return getattr(model.config, "max_position_embeddings", None)
+
+
+def check_positions(
+    limit: int | None,
+    needed: int,
+    what: str,
+    fix: str = "shorten the prompt or lower max_new_tokens",
+    holder: str = "model",
+) -> None:
+    """Refuse ``what`` when it needs more than ``limit`` positions (a model's position table, or an engine's
+    ``max_model_len``), where positions would wrap or extrapolate without a word: the one position-limit check,
+    before decoding and at every step."""
+    if limit and needed > limit:
+        raise ValueError(f"{what} needs {needed} positions (prompt, any soft prefix and the new tokens), more than the "
+                         f"{holder}'s {limit}: {fix}.")
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -67,3 +80,19 @@ def pad_left(tokenizer: PreTrainedTokenizerBase, encoded: list[list[int]]) -> Ba
             "batched. Fix: tokenizer.pad_token = tokenizer.eos_token (ctd_hf.load_model_and_tokenizer does this)."
         )
     return tokenizer.pad({"input_ids": encoded}, padding_side="left", return_tensors="pt")
+
+
+def pad_ids(
+    rows: Sequence[Sequence[int]], device: torch.device | str | None = None, side: str = "right"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists as a ``(rows, longest)`` tensor and its mask, padded on ``side`` with id 0 (masked: never read
+    as a token)."""
+    width = max(len(row) for row in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for index, row in enumerate(rows):
+        if row:
+            place = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+            ids[index, place] = torch.as_tensor(list(row), device=device)
+            mask[index, place] = 1
+    return ids, mask

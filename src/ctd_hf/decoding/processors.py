@@ -10,13 +10,15 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..formula import DEFAULT_CD_STRENGTH, DEFAULT_PLAUSIBILITY, DEFAULT_STRENGTH
+from ..settings import renamed_arguments
 from .contrasts import ContrastiveDecodingContrast, CTDContrast, InstructiveContrast
 from .recording import OriginalPredictions
 from .stream import ContrastProcessor
 
 
 class CTDProcessor(ContrastProcessor):
-    r"""Contrastive Tuning and Decoding in ``generate()``: scores ``log_softmax(z - beta * z~)``.
+    r"""Contrastive Tuning and Decoding in ``generate()``: scores ``log_softmax(z - strength * z~)``.
 
     ``z`` are the scores ``generate()`` hands the processor and ``z~`` the logits of the same model with the tuned
     soft prefix placed right before each prompt's first token (:class:`~ctd_hf.CTDContrast`).
@@ -25,27 +27,29 @@ class CTDProcessor(ContrastProcessor):
         model: the model whose ``generate()`` the processor is passed to.
         prefix: an adapter folder written by ``ctd-hf tune``, a prompt-tuning ``PeftModel`` or a
             ``(num_virtual_tokens, hidden)`` tensor.
-        beta: contrast strength (0 gives plain decoding).
+        strength: contrast strength, the paper's ``beta`` (0 gives plain decoding; ``beta=`` is its deprecated name
+            here).
         record: an :class:`~ctd_hf.OriginalPredictions` to fill with the original model's per-step predictions.
 
     Example:
         >>> from transformers import LlamaConfig, LlamaForCausalLM
         >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
         ...                                      num_hidden_layers=1, num_attention_heads=2)).eval()
-        >>> with CTDProcessor(model, torch.randn(4, 16), beta=0.3) as processor:
+        >>> with CTDProcessor(model, torch.randn(4, 16), strength=0.3) as processor:
         ...     model.generate(torch.tensor([[1, 5, 7]]), logits_processor=[processor], max_new_tokens=3,
         ...                    min_new_tokens=3, do_sample=False, pad_token_id=0).shape
         torch.Size([1, 6])
     """
 
+    @renamed_arguments(beta="strength")
     def __init__(
         self,
         model: PreTrainedModel,
         prefix: str | Path | PeftModel | torch.Tensor,
-        beta: float = 0.3,
+        strength: float = DEFAULT_STRENGTH,
         record: OriginalPredictions | None = None,
     ) -> None:
-        super().__init__(CTDContrast(model, prefix, beta), record)
+        super().__init__(CTDContrast(model, prefix, strength), record)
 
 
 class InstructiveDecodingProcessor(ContrastProcessor):
@@ -76,21 +80,22 @@ class InstructiveDecodingProcessor(ContrastProcessor):
         model: PreTrainedModel,
         noisy_input_ids: torch.Tensor,
         noisy_attention_mask: torch.Tensor | None = None,
-        strength: float = 0.3,
+        strength: float = DEFAULT_STRENGTH,
         record: OriginalPredictions | None = None,
     ) -> None:
         super().__init__(InstructiveContrast(model, noisy_input_ids, noisy_attention_mask, strength), record)
 
 
 class ContrastiveDecodingProcessor(ContrastProcessor):
-    r"""Contrastive Decoding (Li et al. 2022) in ``generate()``: ``log p_expert - beta * log p_amateur`` on the
-    plausible set ``p_expert >= alpha * max p_expert`` (:class:`~ctd_hf.ContrastiveDecodingContrast`).
+    r"""Contrastive Decoding (Li et al. 2022) in ``generate()``: ``log p_expert - strength * log p_amateur`` on the
+    plausible set ``p_expert >= plausibility * max p_expert`` (:class:`~ctd_hf.ContrastiveDecodingContrast`).
 
     Args:
         model: the expert, whose ``generate()`` runs.
         amateur: the amateur model (usually smaller, same tokenizer), run as the contrast stream.
-        alpha: plausibility threshold (default 0.1).
-        beta: weight of the amateur (1.0 in Li et al.; 0 gives the expert restricted to the plausible set).
+        plausibility: the plausibility threshold, the paper's ``alpha`` (default 0.1).
+        strength: weight of the amateur, the paper's ``beta`` (1.0 in Li et al.; 0 gives the expert restricted to
+            the plausible set). ``alpha=`` and ``beta=`` are the deprecated names of these two.
         amateur_temperature: temperature of the amateur's distribution.
         tokenizer, amateur_tokenizer: when given, their vocabularies must be equal; ``tokenizer`` also tells padded
             embedding rows from a real vocabulary mismatch.
@@ -102,23 +107,24 @@ class ContrastiveDecodingProcessor(ContrastProcessor):
         ...     return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
         ...                                         num_hidden_layers=layers, num_attention_heads=2)).eval()
         >>> expert = tiny(2)
-        >>> with ContrastiveDecodingProcessor(expert, tiny(1), alpha=0.1) as processor:
+        >>> with ContrastiveDecodingProcessor(expert, tiny(1), plausibility=0.1) as processor:
         ...     expert.generate(torch.tensor([[1, 5, 7]]), logits_processor=[processor], max_new_tokens=3,
         ...                     min_new_tokens=3, do_sample=False, pad_token_id=0).shape
         torch.Size([1, 6])
     """
 
+    @renamed_arguments(alpha="plausibility", beta="strength")
     def __init__(
         self,
         model: PreTrainedModel,
         amateur: PreTrainedModel,
-        alpha: float = 0.1,
-        beta: float = 1.0,
+        plausibility: float = DEFAULT_PLAUSIBILITY,
+        strength: float = DEFAULT_CD_STRENGTH,
         amateur_temperature: float = 1.0,
         tokenizer: PreTrainedTokenizerBase | None = None,
         amateur_tokenizer: PreTrainedTokenizerBase | None = None,
         record: OriginalPredictions | None = None,
     ) -> None:
-        contrast = ContrastiveDecodingContrast(model, amateur, alpha, beta, amateur_temperature, tokenizer,
+        contrast = ContrastiveDecodingContrast(model, amateur, plausibility, strength, amateur_temperature, tokenizer,
                                                amateur_tokenizer)
         super().__init__(contrast, record)

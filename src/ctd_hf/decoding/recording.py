@@ -19,7 +19,7 @@ class OriginalPredictions:
 
     def add(self, scores: torch.Tensor) -> None:
         """Record one step from the original scores ``z`` (before the contrast)."""
-        max_prob, argmax = scores.float().softmax(dim=-1).max(dim=-1)
+        argmax, max_prob = original_prediction(scores)
         self.steps.append((argmax.cpu(), max_prob.cpu()))
 
     def add_rows(self, rows: list[list[tuple[int, float]]]) -> None:
@@ -46,3 +46,10 @@ class OriginalPredictions:
                     break
             records.append(record)
         return records
+
+
+def original_prediction(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The original model's prediction from its scores ``z`` (``(..., vocab)``): the argmax token and its
+    probability, what the token-change analysis compares the contrasted choice with."""
+    max_prob, argmax = scores.float().softmax(dim=-1).max(dim=-1)
+    return argmax, max_prob

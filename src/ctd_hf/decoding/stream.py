@@ -20,7 +20,7 @@ from transformers import DynamicCache, LogitsProcessor, PreTrainedModel
 
 from .._compat import CACHE_ARGUMENT, find_cache
 from .contrasts import Contrast
-from .layout import check_left_padded, check_positions, positions_from_mask
+from .layout import check_left_padded, check_positions, max_positions, positions_from_mask
 from .recording import OriginalPredictions
 
 # Set while any contrast stream runs a forward, so that no processor mistakes it for generate()'s own prompt pass.
@@ -59,7 +59,7 @@ class ContrastStream:
         return self._forward(input_ids=tokens.unsqueeze(1), position_ids=positions)
 
     def _forward(self, **inputs: torch.Tensor) -> torch.Tensor:
-        check_positions(self.model, self.longest, "The contrast stream")
+        check_positions(max_positions(self.model), self.longest, "The contrast stream")
         inputs = {name: tensor.to(self.model.device) for name, tensor in inputs.items()}
         self.attention_mask = self.attention_mask.to(self.model.device)
         _STREAM_FORWARD.active = True
@@ -92,7 +92,7 @@ class ContrastProcessor(LogitsProcessor):
         >>> from ctd_hf import CTDContrast
         >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
         ...                                      num_hidden_layers=1, num_attention_heads=2)).eval()
-        >>> with ContrastProcessor(CTDContrast(model, torch.randn(4, 16), beta=0.3)) as processor:
+        >>> with ContrastProcessor(CTDContrast(model, torch.randn(4, 16), strength=0.3)) as processor:
         ...     model.generate(torch.tensor([[1, 5, 7]]), logits_processor=[processor], max_new_tokens=3,
         ...                    min_new_tokens=3, do_sample=False, pad_token_id=0).shape
         torch.Size([1, 6])

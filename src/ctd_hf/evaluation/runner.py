@@ -18,8 +18,10 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..decoding.answers import check_prompt_lengths, generate_for_messages
-from ..decoding.methods import DecodingMethod
+from ..decoding.answers import check_prompt_lengths, encode_messages, generate_for_messages
+from ..decoding.engine import Engine, TransformersEngine
+from ..decoding.likelihood import next_token_log_probs
+from ..decoding.methods import BoundMethod, ContrastMethod, DecodingMethod
 from ..decoding.recording import OriginalPredictions
 from ..distributed import process_state
 from ..models import fingerprint
@@ -88,25 +90,33 @@ def truncate_message(message: dict, tokenizer: PreTrainedTokenizerBase, max_toke
     return {**message, "input": tokenizer.decode(ids[: max_tokens - head])}
 
 
-def _choice_ids(tokenizer: PreTrainedTokenizerBase, choices: tuple[str, ...]) -> list[list[int]]:
-    """For each choice, the first token of ``"A"`` and of ``" A"`` (whichever the model would write)."""
-    return [sorted({tokenizer(text, add_special_tokens=False)["input_ids"][0] for text in (choice, " " + choice)})
-            for choice in choices]
+def _choose(method: BoundMethod, messages: list[dict], choices: tuple[str, ...], prompt_format: str) -> list[str]:
+    """Each message's choice: the one whose first token (of ``"A"`` or ``" A"``, whichever the model would write)
+    scores highest in the method's distribution of the answer's first token (:mod:`ctd_hf.decoding.likelihood`, the
+    scorer the lm-eval model uses too)."""
+    tokenizer = method.tokenizer
+    batch = encode_messages(tokenizer, messages, prompt_format)
+    contexts = [row[keep.bool()].tolist() for row, keep in zip(batch["input_ids"], batch["attention_mask"])]
+    contrast = method.contrast_for(messages, prompt_format)
+    scores = next_token_log_probs(method.model if contrast is None else contrast, contexts)
+    ids = [sorted({tokenizer(text, add_special_tokens=False)["input_ids"][0] for text in (choice, " " + choice)})
+           for choice in choices]
+    best = torch.stack([scores[:, choice].max(dim=-1).values for choice in ids], dim=-1).argmax(dim=-1)
+    return [choices[int(index)] for index in best]
 
 
 def predict(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
     name: str,
-    method: DecodingMethod,
+    method: BoundMethod,
     task: Task,
     items: list[dict],
     settings: EvalSettings,
     output_dir: str | Path,
-    engine: Any = None,
+    engine: Engine | None = None,
 ) -> Path:
-    """Write this process's share of ``method``'s predictions on ``task``, resuming what is already written
-    (``engine``: see :func:`~ctd_hf.decoding.answers.generate_for_messages`)."""
+    """Write this process's share of the bound ``method``'s predictions (labelled ``name``) on ``task``, resuming what
+    is already written (``engine``: see :func:`~ctd_hf.decoding.answers.generate_for_messages`)."""
+    model, tokenizer = method.model, method.tokenizer
     state = process_state()
     folder = Path(output_dir) / "predictions" / task.name / name
     path = folder / f"rank-{state.process_index}.jsonl"
@@ -123,23 +133,19 @@ def predict(
     todo.sort(key=lambda item: (-lengths[item["id"]], item["id"]))
     eos = model.generation_config.eos_token_id
     eos_ids = set(eos if isinstance(eos, list) else [eos])
-    record_original = settings.token_changes and method.name != "od" and task.scoring == "generation"
+    record_original = (settings.token_changes and isinstance(method.spec, ContrastMethod)
+                       and task.scoring == "generation")
     for start in tqdm(range(0, len(todo), settings.batch_size), desc=f"{task.name}/{name}", unit="batch",
                       disable=not state.is_local_main_process):
         batch = todo[start : start + settings.batch_size]
         messages = [item["message"] for item in batch]
         if task.scoring == "choice":
-            output, _ = generate_for_messages(model, tokenizer, messages, method, settings.prompt_format,
-                                              max_new_tokens=1, do_sample=False, output_scores=True,
-                                              return_dict_in_generate=True)
-            scores = output.scores[0].float()
-            best = torch.stack([scores[:, ids].max(dim=-1).values for ids in _choice_ids(tokenizer, task.choices)],
-                               dim=-1).argmax(dim=-1)
-            records = [{"id": item["id"], "prediction": task.choices[int(choice)]} for item, choice in zip(batch, best)]
+            records = [{"id": item["id"], "prediction": choice}
+                       for item, choice in zip(batch, _choose(method, messages, task.choices, settings.prompt_format))]
         else:
             record = OriginalPredictions() if record_original else None
             output, prompt_length = generate_for_messages(
-                model, tokenizer, messages, method, settings.prompt_format, record=record, engine=engine,
+                method, messages, settings.prompt_format, record=record, engine=engine,
                 max_new_tokens=settings.new_tokens(task), do_sample=False)
             chosen = output[:, prompt_length:]
             answers = tokenizer.batch_decode(chosen, skip_special_tokens=True)
@@ -163,7 +169,7 @@ def run_settings(
     seed: int,
     model: PreTrainedModel,
     model_name: str,
-    engine: str = "hf",
+    engine: str = TransformersEngine.name,
 ) -> dict[str, Any]:
     """Everything that decides the answers, as JSON-ready values (the resume key and the report's settings): the
     model (name, dtype and a fingerprint of its weights), the engine, every method's settings and every task
@@ -178,18 +184,18 @@ def run_settings(
 
 
 def _prompts_that_fit(
-    task: Task, settings: EvalSettings, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-    methods: dict[str, DecodingMethod], engine: Any,
+    task: Task, settings: EvalSettings, tokenizer: PreTrainedTokenizerBase, methods: dict[str, BoundMethod],
+    engine: Engine,
 ) -> list[dict]:
     """The task's items, refusing (before any answer is written) one whose prompt, cut to the source budget, cannot
-    fit the model's positions with the answer and a CTD prefix."""
+    fit the engine's positions with the answer and a method's prefix."""
     items = task.load(settings.task_options(task))
     if not items:
         raise ValueError(f"Task {task.name} gave no item with these options: nothing to evaluate.")
-    prefix = max((m.prefix_length for m in methods.values()), default=0)
     messages = [truncate_message(i["message"], tokenizer, settings.max_source_tokens) if task.truncate_input
                 else i["message"] for i in items]
-    check_prompt_lengths(model, tokenizer, messages, settings.prompt_format, settings.new_tokens(task), prefix,
+    longest = max(methods.values(), key=lambda method: method.prefix_length)
+    check_prompt_lengths(longest, messages, settings.prompt_format, settings.new_tokens(task),
                          fix=f"lower max_source_tokens ({settings.max_source_tokens}) or the new-token budget",
                          engine=engine)
     return items
@@ -203,14 +209,15 @@ def run_evaluation(
     output_dir: str | Path,
     model_name: str,
     seed: int = 0,
-    engine: Any = None,
+    engine: Engine | None = None,
 ) -> dict | None:
-    """Run every method on every task (resuming written predictions), then score and report.
+    """Run every method (label -> spec) on every task (resuming written predictions), then score and report.
 
     Under ``accelerate launch`` every process predicts its share and the main process writes the report and
-    returns it (the others return None). ``engine`` decodes instead of ``model.generate()`` (a
+    returns it (the others return None). ``engine`` decodes instead of ``model.generate()`` (e.g. a
     :class:`ctd_hf.integrations.vllm.VLLMEngine`; generation tasks only); the resume key records which.
     """
+    engine = engine or TransformersEngine()
     state = process_state()
     check_output_folder(output_dir)
     if not methods:
@@ -221,19 +228,20 @@ def run_evaluation(
     tasks = [get_task(name) for name in settings.benchmarks]
     # Everything that can be refused is refused before anything is written.
     scored = [task.name for task in tasks if task.scoring == "choice"]
-    if engine is not None and scored:
+    if not engine.reads_scores and scored:
         raise ValueError(f"{', '.join(scored)} scores the first step's logits, which the {engine.name} engine does not "
                          "return: evaluate it with the hf engine.")
-    for method in methods.values():
-        method.check(model, tokenizer)
-    items = {task.name: _prompts_that_fit(task, settings, model, tokenizer, methods, engine) for task in tasks}
-    current = run_settings(methods, settings, seed, model, model_name, "hf" if engine is None else engine.name)
+    # The model's fingerprint before any method binds (a LoRA method injects its layers into the model's modules).
+    current = run_settings(methods, settings, seed, model, model_name, engine.name)
+    loaded: dict = {}  # what several methods share (one amateur for every strength), loaded once
+    bound = {name: method.bind(model, tokenizer, loaded) for name, method in methods.items()}
+    items = {task.name: _prompts_that_fit(task, settings, tokenizer, bound, engine) for task in tasks}
     check_resumable(Path(output_dir), "eval_settings.json", current,
                     changes=lambda previous, new: _evaluation_changes(previous, new, tasks),
                     write=state.is_main_process)
     for task in tasks:
-        for name, method in methods.items():
-            predict(model, tokenizer, name, method, task, items[task.name], settings, output_dir, engine)
+        for name, method in bound.items():
+            predict(name, method, task, items[task.name], settings, output_dir, engine)
     state.wait_for_everyone()
     if not state.is_main_process:
         return None

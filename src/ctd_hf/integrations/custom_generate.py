@@ -55,7 +55,7 @@ def custom_generate(
         >>> from ctd_hf import CTDContrast, generate_doubled
         >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
         ...                                      num_hidden_layers=1, num_attention_heads=2)).eval()
-        >>> contrast = CTDContrast(model, torch.randn(4, 16), beta=0.3)
+        >>> contrast = CTDContrast(model, torch.randn(4, 16), strength=0.3)
         >>> options = dict(input_ids=torch.tensor([[1, 5, 7]]), max_new_tokens=3, do_sample=False, pad_token_id=0)
         >>> bool((model.generate(custom_generate=custom_generate, contrast=contrast, **options)
         ...       == generate_doubled(model, contrast, **options)).all())

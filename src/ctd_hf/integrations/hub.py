@@ -27,7 +27,8 @@ from peft import PeftConfig
 from .._version import __version__
 from ..adapter import CARD_NAME, AdapterMismatchError, read_card
 from ..records import write_text
-from ..settings import check_value, contrast_strength
+from ..formula import DEFAULT_STRENGTH
+from ..settings import check_value, contrast_strength, renamed_arguments
 
 FOLDER = "custom_generate"
 PREFIX_FILES = ("adapter_config.json", "adapter_model.safetensors", CARD_NAME)
@@ -35,9 +36,10 @@ _CARD_START, _CARD_END = "<!-- ctd-hf export-hub -->", "<!-- /ctd-hf export-hub 
 
 _GENERATE = '''"""CTD decoding with this repository's soft prefix (written by `ctd-hf export-hub`, ctd_hf {version}).
 
-    model.generate(**inputs, custom_generate="REPO_OR_FOLDER", trust_remote_code=True, beta={beta})
+    model.generate(**inputs, custom_generate="REPO_OR_FOLDER", trust_remote_code=True, strength={strength})
 
-`beta` is the contrast strength (0 gives plain decoding), `backend` "doubled" (default) or "stream". The prefix files
+`strength` is the contrast strength, the paper's beta (0 gives plain decoding), `backend` "doubled" (default) or
+"stream". The prefix files
 are carried below: transformers copies only the Python files of `custom_generate/` into its module cache.
 """
 
@@ -47,17 +49,17 @@ from pathlib import Path
 
 from ctd_hf import CTDContrast, custom_generate
 
-BETA = {beta}
+STRENGTH = {strength}
 PREFIX_FILES = {{
 {files}}}
 
 
-def generate(model, beta=BETA, backend="doubled", streamer=None, **generate_arguments):
-    """generate() with CTD: z - beta * z~, z~ the logits of `model` with the soft prefix before the prompt."""
+def generate(model, strength=STRENGTH, backend="doubled", streamer=None, **generate_arguments):
+    """generate() with CTD: z - strength * z~, z~ the logits of `model` with the soft prefix before the prompt."""
     with tempfile.TemporaryDirectory() as folder:
         for name, data in PREFIX_FILES.items():
             Path(folder, name).write_bytes(base64.b64decode("".join(data)))
-        contrast = CTDContrast(model, folder, beta)  # checks that the prefix was trained for this model
+        contrast = CTDContrast(model, folder, strength)  # checks that the prefix was trained for this model
     # The class's generate(): a model loaded with trust_remote_code may have this function as its own generate.
     # generate() hands a callable custom_generate no streamer: ctd_hf's takes it as `token_streamer`.
     return type(model).generate(model, custom_generate=custom_generate, contrast=contrast, backend=backend,
@@ -69,7 +71,8 @@ _USAGE = """{start}
 
 A soft prefix tuned by contrastive tuning (ctd_hf {version}) for the model `{base_model}`. It is a peft
 prompt-tuning adapter, and a transformers `custom_generate` repository that decodes with CTD,
-`log_softmax(z - beta * z~)` (`z~`: the model's logits with the prefix before the prompt; default beta {beta}):
+`log_softmax(z - strength * z~)` (`z~`: the model's logits with the prefix before the prompt; `strength` is the
+paper's beta, default {strength}):
 
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -77,7 +80,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 model = AutoModelForCausalLM.from_pretrained("BASE_MODEL")  # the model the prefix was tuned for: {base_model}
 tokenizer = AutoTokenizer.from_pretrained("BASE_MODEL")
 inputs = tokenizer(["Name three primary colours."], return_tensors="pt", padding=True, padding_side="left")
-output = model.generate(**inputs, custom_generate="THIS_REPO", trust_remote_code=True, beta={beta},
+output = model.generate(**inputs, custom_generate="THIS_REPO", trust_remote_code=True, strength={strength},
                         max_new_tokens=64, do_sample=False)
 ```
 
@@ -87,13 +90,16 @@ its own KV cache instead of the doubled batch.
 {end}"""
 
 
-def export_custom_generate(prefix_dir: str | Path, beta: float = 0.3) -> Path:
+@renamed_arguments(beta="strength")
+def export_custom_generate(prefix_dir: str | Path, strength: float = DEFAULT_STRENGTH) -> Path:
     """Write the ``custom_generate`` folder and model card into ``prefix_dir``; return the ``custom_generate`` folder.
+    ``strength`` is the exported ``generate``'s default contrast strength (the paper's beta; ``beta=`` is its
+    deprecated name here).
 
     Running it again rewrites what it wrote (the prefix may have been retrained) and keeps the rest of the card.
     """
     prefix_dir = Path(prefix_dir)
-    beta = check_value("beta", beta, contrast_strength)
+    strength = check_value("strength", strength, contrast_strength)
     for name in PREFIX_FILES[:2]:
         if not (prefix_dir / name).is_file():
             raise AdapterMismatchError(f"{prefix_dir / name} does not exist: point export-hub at a prefix folder "
@@ -105,11 +111,11 @@ def export_custom_generate(prefix_dir: str | Path, beta: float = 0.3) -> Path:
     files = "".join(_embedded(prefix_dir / name) for name in PREFIX_FILES if (prefix_dir / name).is_file())
     folder = prefix_dir / FOLDER
     folder.mkdir(exist_ok=True)
-    write_text(folder / "generate.py", _GENERATE.format(version=__version__, beta=beta, files=files))
+    write_text(folder / "generate.py", _GENERATE.format(version=__version__, strength=strength, files=files))
     # Unversioned: transformers compares it with the installed metadata, which an editable checkout may leave stale;
     # an older ctd_hf fails at `from ctd_hf import custom_generate`, naming the missing function.
     write_text(folder / "requirements.txt", "ctd_hf\n")
-    _write_card(prefix_dir, beta, read_card(prefix_dir).get("base_model") or "unknown")
+    _write_card(prefix_dir, strength, read_card(prefix_dir).get("base_model") or "unknown")
     return folder
 
 
@@ -119,13 +125,14 @@ def _embedded(path: Path) -> str:
     return f'    "{path.name}": [\n{lines}    ],\n'
 
 
-def _write_card(prefix_dir: Path, beta: float, base_model: str) -> None:
+def _write_card(prefix_dir: Path, strength: float, base_model: str) -> None:
     """The model card: the ``custom_generate`` tag and the usage section, kept apart from the rest of the card."""
     path = prefix_dir / "README.md"
     card = ModelCard.load(path) if path.is_file() else ModelCard("---\n---\n")
     tags = card.data.tags or []
     card.data.tags = tags if FOLDER in tags else [*tags, FOLDER]
-    usage = _USAGE.format(start=_CARD_START, end=_CARD_END, version=__version__, beta=beta, base_model=base_model)
+    usage = _USAGE.format(start=_CARD_START, end=_CARD_END, version=__version__, strength=strength,
+                          base_model=base_model)
     previous = re.compile(f"{re.escape(_CARD_START)}.*?{re.escape(_CARD_END)}\n*", re.DOTALL)
     card.text = f"\n{usage}\n\n{previous.sub('', card.text).lstrip()}"
     write_text(path, str(card))

@@ -1,4 +1,5 @@
-"""The lm-evaluation-harness model ``ctd_hf``: every harness task with od, id, cd or ctd.
+"""The lm-evaluation-harness model ``ctd_hf``: every harness task with any registered decoding method (od, id, cd,
+ctd, ctd-lora, or one of yours).
 
 It is the harness's ``HFLM`` (model loading, tokenisation, batching, ``--limit``, ``--use_cache``, chat templates)
 with two things replaced for the contrastive methods:
@@ -29,7 +30,7 @@ lm-eval 0.4.x finds a model outside its source tree (its registry accepts entry 
 
 from __future__ import annotations
 
-import zlib
+import dataclasses
 from typing import Any
 
 import torch
@@ -39,117 +40,95 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import Collator
 from tqdm.auto import tqdm
 
-from ..decoding.contrasts import Contrast
+from ..decoding.engine import executor
 from ..decoding.layout import pad_left
 from ..decoding.likelihood import continuation_log_probs
-from ..decoding.methods import METHODS, DecodingMethod
-from ..decoding.noise import noisy_instruction
+from ..decoding.methods import METHODS, ContrastMethod, DecodingMethod, method_class
 from ..models import resolve_model_path
 from .custom_generate import custom_generate
 
 Request = tuple[tuple[str, str], list[int], list[int]]  # ((context, continuation), their token ids)
-_UNSET: Any = object()  # a setting left out, told apart from one given as None (the harness reads `none` as None)
-# The method settings each method uses; any other given is refused, never silently ignored.
-_USED_BY = {"prefix": ("ctd",), "beta": ("id", "cd", "ctd"), "strength": ("id", "cd", "ctd"), "noise": ("id",),
-            "noise_rate": ("id",), "amateur": ("cd",), "plausibility": ("cd",), "amateur_temperature": ("cd",)}
+ALIASES = {"beta": "strength"}  # the paper's word for a method's strength, accepted in --model_args
 
 
-def _check_method_arguments(method: str, given: dict[str, Any]) -> None:
-    """Refuse settings the chosen method does not use (``prefix=...`` without ``method=ctd`` would otherwise decode
-    plainly), and two names for one setting."""
+def method_from_model_args(method: str, given: dict[str, Any]) -> DecodingMethod:
+    """The registered method ``method`` with the settings given in ``--model_args``, refusing two names for one
+    setting and settings the method does not use (``prefix=...`` without ``method=ctd`` would otherwise decode
+    plainly)."""
     if "beta" in given and "strength" in given:
         raise ValueError("`beta` and `strength` name the same setting: pass one of them.")
     if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}; choose one of {METHODS}.")
-    unused = [name for name in given if method not in _USED_BY[name]]
+        raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
+    fields = {cls.name: {field.name for field in dataclasses.fields(cls)} for cls in METHODS.values()}
+    unused = [name for name in given if ALIASES.get(name, name) not in fields[method]]
     if unused:
-        users = sorted({user for name in unused for user in _USED_BY[name]})
+        users = sorted({user for name in unused for user, names in fields.items() if ALIASES.get(name, name) in names})
         raise ValueError(f"method={method} does not use {', '.join(unused)} (only method={'/'.join(users)} does): "
                          "choose that method, or leave the setting out.")
+    settings = {ALIASES.get(name, name): value for name, value in given.items()}
+    if "noise" in settings and settings["noise"] is None:
+        settings["noise"] = "none"  # the harness reads `noise=none` in --model_args as None
+    return method_class(method)(**settings)
 
 
 @register_model("ctd_hf")
 class CTDLM(HFLM):
-    """``HFLM`` decoding and scoring with a :class:`~ctd_hf.DecodingMethod`.
+    """``HFLM`` decoding and scoring with a registered decoding method.
 
     Args (``--model_args`` names; the rest go to ``HFLM``):
         pretrained: model folder or hub name; ``default`` is the embedded SmolLM2-135M-Instruct.
-        method: ``od``, ``id``, ``cd`` or ``ctd``.
-        prefix: ctd: the prefix folder written by ``ctd-hf tune``.
-        beta / strength: contrast strength (two names for one setting; default per method: 0.3, 0.3, 1.0).
-        noise, noise_rate: id: the noisy instruction (``opposite``, ``none``, ``trunc_shuf``, ``random_words``).
-        amateur, plausibility, amateur_temperature: cd: the amateur model folder and its settings.
-        backend: ``auto`` (doubled for ctd and id), ``doubled`` or ``stream``.
+        method: a registered method (``od``, ``id``, ``cd``, ``ctd``, ``ctd-lora``...).
+        further: the method's settings by their field names (``ctd``: ``prefix``, ``strength``; ``id``: ``strength``,
+            ``noise``, ``noise_rate``; ``cd``: ``amateur``, ``strength``, ``plausibility``, ``amateur_temperature``;
+            ``backend``: ``auto``, ``doubled`` or ``stream``); ``beta`` is the paper's name for ``strength``.
     """
 
-    def __init__(
-        self,
-        pretrained: str = "default",
-        method: str = "od",
-        prefix: str | None = _UNSET,
-        beta: float | None = _UNSET,
-        strength: float | None = _UNSET,
-        noise: str | None = _UNSET,
-        noise_rate: float = _UNSET,
-        amateur: str | None = _UNSET,
-        plausibility: float = _UNSET,
-        amateur_temperature: float = _UNSET,
-        backend: str = "auto",
-        **kwargs: Any,
-    ) -> None:
-        given = {name: value for name, value in dict(
-            prefix=prefix, beta=beta, strength=strength, noise=noise, noise_rate=noise_rate, amateur=amateur,
-            plausibility=plausibility, amateur_temperature=amateur_temperature).items() if value is not _UNSET}
-        _check_method_arguments(method, given)
-        if "beta" in given:
-            given["strength"] = given.pop("beta")
-        if "noise" in given and given["noise"] is None:
-            given["noise"] = "none"  # the harness reads `noise=none` in --model_args as None
-        # Checked before the model loads (the amateur is still its name here).
-        spec = DecodingMethod(method, backend=backend, **given)
-        if spec.name != "od" and str(kwargs.get("batch_size", 1)).startswith("auto"):
+    def __init__(self, pretrained: str = "default", method: str = "od", **kwargs: Any) -> None:
+        names = {field.name for cls in METHODS.values() for field in dataclasses.fields(cls)} | set(ALIASES)
+        given = {name: kwargs.pop(name) for name in list(kwargs) if name in names}
+        spec = method_from_model_args(method, given)  # checked before the model loads
+        contrastive = isinstance(spec, ContrastMethod)
+        if contrastive and str(kwargs.get("batch_size", 1)).startswith("auto"):
             raise ValueError(f"batch_size=auto sizes batches for one forward of the plain model; method {spec.name} "
                              "runs two views per row: pass an integer batch_size.")
         super().__init__(pretrained=resolve_model_path(pretrained) if isinstance(pretrained, str) else pretrained,
                          **kwargs)
-        if spec.name != "od" and self.backend != "causal":
+        if contrastive and self.backend != "causal":
             raise ValueError(f"Method {spec.name} needs a decoder-only model (backend=causal), got {self.backend}.")
-        spec.check(self.model, self.tokenizer)  # reads the prefix, loads the amateur beside the model
-        self.method = spec
+        self.method = spec.bind(self.model, self.tokenizer)  # reads the prefix, loads the amateur beside the model
+        self.contrastive = contrastive
 
-    def contrast(self, noisy: tuple[torch.Tensor, torch.Tensor] | None = None) -> Contrast:
-        """The method's contrast for one batch; ``noisy`` is id's left-padded noisy prompts (ids, mask)."""
-        return self.method.contrast(self.model, self.tokenizer, noisy)
-
-    def noisy_context(self, context: str) -> str:
-        """id: ``context`` with its instruction (first paragraph) replaced by the method's noise."""
+    def second_context(self, context: str) -> str | None:
+        """The context the method's second view reads instead of ``context`` (Instructive Decoding's: its instruction,
+        the first paragraph, replaced by the noise), or None when it reads the same."""
         instruction, blank, task_input = context.partition("\n\n")
         if not blank:
             instruction, task_input = "", context
-        return noisy_instruction(instruction, task_input, self.method.noise, self.method.noise_rate,
-                                 seed=zlib.crc32(context.encode()))
+        second = self.method.second_message({"role": "user", "content": instruction, "input": task_input})
+        return None if second is None else second["content"]
 
     def _model_generate(
         self, context: torch.Tensor, max_length: int, stop: list[str], **generation_kwargs: Any
     ) -> torch.Tensor:
-        if self.method.name == "od":
+        if not self.contrastive:
             return super()._model_generate(context, max_length, stop, **generation_kwargs)
-        noisy = None
-        if self.method.name == "id":
-            mask = generation_kwargs["attention_mask"]
-            texts = [self.tokenizer.decode(row[keep.bool()].tolist(), skip_special_tokens=True)
-                     for row, keep in zip(context, mask)]
-            noisy = self.tok_batch_encode([self.noisy_context(text) for text in texts],
-                                          left_truncate_len=self.max_length - (max_length - context.shape[1]))
-            noisy = tuple(tensor.to(self.device) for tensor in noisy)
-        backend = "doubled" if self.method.doubled else "stream"
+        mask = generation_kwargs["attention_mask"]
+        texts = [self.tokenizer.decode(row[keep.bool()].tolist(), skip_special_tokens=True)
+                 for row, keep in zip(context, mask)]
+        seconds = [self.second_context(text) for text in texts]
+        second = None
+        if seconds[0] is not None:
+            second = self.tok_batch_encode(seconds, left_truncate_len=self.max_length - (max_length - context.shape[1]))
+            second = tuple(tensor.to(self.device) for tensor in second)
+        contrast = self.method.contrast(second)
         return super()._model_generate(context, max_length, stop, custom_generate=custom_generate,
-                                       contrast=self.contrast(noisy), backend=backend, **generation_kwargs)
+                                       contrast=contrast, backend=executor(contrast, self.method.backend),
+                                       **generation_kwargs)
 
     def _loglikelihood_tokens(
         self, requests: list[Request], disable_tqdm: bool = False, override_bs: int | None = None
     ) -> list[tuple[float, bool]]:
-        if self.method.name == "od":
+        if not self.contrastive:
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
         # Longest first, as HFLM orders them; no grouping by context: the second view differs per method.
         batches = Collator(requests, sort_fn=lambda request: (-len(request[1]) - len(request[2]),
@@ -160,8 +139,8 @@ class CTDLM(HFLM):
         for batch in batches.get_batched(n=override_bs or self.batch_size):
             continuations = [continuation for _, _, continuation in batch]
             contexts = [self._fit(context, continuation) for (_, context, continuation) in batch]
-            noisy = self._noisy_contexts(batch) if self.method.name == "id" else None
-            scores = continuation_log_probs(self.contrast(noisy), contexts, continuations)
+            scores = continuation_log_probs(self.method.contrast(self._second_contexts(batch)), contexts,
+                                            continuations)
             for (request, _, _), score in zip(batch, scores):
                 answer = (float(score.log_probs.sum()), score.greedy)
                 results.append(answer)
@@ -171,7 +150,7 @@ class CTDLM(HFLM):
         return batches.get_original(results)
 
     def loglikelihood_rolling(self, requests: list, disable_tqdm: bool = False) -> list[float]:
-        if self.method.name != "od":
+        if self.contrastive:
             raise NotImplementedError(
                 f"Method {self.method.name} scores continuations of a context; rolling log-likelihood (perplexity "
                 "tasks such as wikitext) has no context to contrast. Run those tasks with method=od."
@@ -184,12 +163,15 @@ class CTDLM(HFLM):
             raise ValueError(f"A continuation of {len(continuation)} tokens does not fit max_length={self.max_length}.")
         return context[-(self.max_length + 1 - len(continuation)):]
 
-    def _noisy_contexts(self, batch: list[Request]) -> tuple[torch.Tensor, torch.Tensor]:
-        """id: the batch's noisy contexts, encoded as the harness encodes contexts, left-padded."""
+    def _second_contexts(self, batch: list[Request]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The batch's second-view contexts (see :meth:`second_context`), encoded as the harness encodes contexts,
+        left-padded; None when the method's second view reads the same contexts."""
         encoded = []
         for (context, continuation), _, tokens in batch:
-            noisy = self.noisy_context(context)
-            ids = self._encode_pair(noisy, continuation)[0] if noisy.strip() else [self.prefix_token_id]
+            second = self.second_context(context)
+            if second is None:
+                return None
+            ids = self._encode_pair(second, continuation)[0] if second.strip() else [self.prefix_token_id]
             encoded.append(self._fit(ids, tokens))
         padded = pad_left(self.tokenizer, encoded).to(self.device)
         return padded["input_ids"], padded["attention_mask"]

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..decoding.methods import DecodingMethod
+from ..decoding.methods import CTDMethod, IDMethod, ODMethod
 from ..evaluation.report import verdict
 from ..evaluation.runner import EvalSettings, run_evaluation
 from ..evaluation.tasks.superni import CATEGORY_ABBREVIATIONS, ordered_categories
@@ -40,8 +40,8 @@ class DemoSettings:
         "Held-out instances per category (10 categories), shared evenly by its tasks, at least one each."))
     max_new_tokens: int = setting(64, check=positive_int, help="New tokens per answer.")
     max_source_tokens: int = setting(1024, check=positive_int, help="Instruction + input tokens (the protocol's).")
-    beta: float = like(DecodingMethod, "strength", 0.3, flags=None, help="CTD's decoding strength.")
-    id_strength: float = like(DecodingMethod, "strength", 0.3, flags=None,
+    beta: float = like(CTDMethod, "strength", flag=None, help="CTD's decoding strength.")
+    id_strength: float = like(IDMethod, "strength", flag=None,
                               help="Instructive Decoding's strength (official default).")
     batch_size: int = setting(8, check=positive_int, help="Prompts per generate() call.")
 
@@ -73,8 +73,8 @@ def run_demo(
     _phase(steps - 1, steps, f"decoding the broad held-out SuperNI sample (34 test tasks, about "
                              f"{settings.per_category} instances per category) with od, id and ctd", started)
     base, tokenizer = load_model_and_tokenizer(model)
-    methods = {"od": DecodingMethod("od"), "id": DecodingMethod("id", strength=settings.id_strength),
-               "ctd": DecodingMethod("ctd", strength=settings.beta, prefix=str(prefix))}
+    methods = {"od": ODMethod(), "id": IDMethod(strength=settings.id_strength),
+               "ctd": CTDMethod(strength=settings.beta, prefix=str(prefix))}
     evaluation = EvalSettings(options={"superni": {"tasks": HELD_OUT, "per_category": settings.per_category}},
                               prompt_format=settings.tuning.prompt_format, batch_size=settings.batch_size,
                               max_new_tokens={"superni": settings.max_new_tokens},

@@ -45,7 +45,13 @@ INITS = ("vocab", "random", "text")
 
 @dataclass(kw_only=True)
 class TuneSettings:
-    """Everything a contrastive-tuning run depends on (the model comes separately)."""
+    """Everything a contrastive-tuning run depends on (the model comes separately).
+
+    Its defaults are the ones every measurement in docs/results.md used, on the embedded 135M model on 2 CPU cores:
+    learning rate 1e-2 (the paper's 9e-4 barely moves its prefix) and 256 tokens per example.
+    :class:`~ctd_hf.CTDConfig`, the ``Trainer`` arguments for any model, keeps the paper's 9e-4 and a 512-token
+    default; :func:`tune` builds one from these settings.
+    """
 
     data: str = setting(str(resource_path("sft", "alpaca_en_demo.json")),
                         help="SFT data: JSON/JSONL file, save_to_disk folder or dataset name (default: the shipped "

@@ -113,7 +113,10 @@ _REGISTRY: dict[str, Task] = {}
 
 
 def register_task(task: Task) -> Task:
-    """Add ``task`` to the registry (replacing a task of the same name) and return it."""
+    """Add ``task`` to the registry and return it. A name already taken by another task is refused (as lm-eval's
+    registry refuses it): one name, one task."""
+    if _REGISTRY.get(task.name, task) is not task:
+        raise ValueError(f"A task named {task.name!r} is already registered: give the new task another name.")
     _REGISTRY[task.name] = task
     return task
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ...decoding.methods import DecodingMethod
+from ...decoding.methods import CTDMethod, IDMethod, ODMethod
 from ...evaluation.runner import EvalSettings, run_evaluation
 from ...models import load_model_and_tokenizer, model_id
 from ...records import check_output_folder, check_resumable, write_json
@@ -45,8 +45,8 @@ class Sweep:
     # ---------------------------------------------------------------------------------------------- running
     def run_baselines(self, rung: int) -> dict:
         """Plain decoding and Instructive Decoding at each strength on rung ``rung``'s instances."""
-        methods = {"od": DecodingMethod("od")}
-        methods.update({f"id@{s:g}": DecodingMethod("id", strength=s) for s in self.settings.id_strengths})
+        methods = {"od": ODMethod()}
+        methods.update({f"id@{s:g}": IDMethod(strength=s) for s in self.settings.id_strengths})
         model, tokenizer = load_model_and_tokenizer(self.settings.model)
         return run_evaluation(model, tokenizer, methods, self.eval_settings(rung), self.root / "baselines",
                               model_id(model), self.settings.seed)
@@ -68,7 +68,7 @@ class Sweep:
             tune(self.settings.tune_settings(knobs, self.data_path(knobs["data"])), prefix, self.settings.model,
                  disable_tqdm=True)
         model, tokenizer = load_model_and_tokenizer(self.settings.model)
-        methods = {f"ctd@{beta:g}": DecodingMethod("ctd", strength=beta, prefix=str(prefix))
+        methods = {f"ctd@{beta:g}": CTDMethod(strength=beta, prefix=str(prefix))
                    for beta in self.settings.space.betas}
         report = run_evaluation(model, tokenizer, methods, self.eval_settings(rung), folder / "dev", model_id(model),
                                 self.settings.seed)

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...decoding.methods import DecodingMethod
+from ...decoding.methods import CTDMethod, IDMethod
 from ...evaluation.tasks.superni import official_test_tasks_in
 from ...resources import resource_path
-from ...settings import SettingError, check_settings, contrast_strength, like, positive_int, setting, unit_interval
+from ...settings import SettingError, check_settings, like, positive_int, setting, unit_interval
 from ...training.tuning import TuneSettings
 from ..tuning_data import TUNING_DATA, tuning_data_source
 
@@ -38,7 +38,7 @@ class SweepSpace:
     num_virtual_tokens: tuple[int, ...] = like(TuneSettings, "num_virtual_tokens", (20,), help="Prefix lengths.")
     init: tuple[str, ...] = like(TuneSettings, "init", ("vocab",), help="Prefix initialisations.")
     fraction: tuple[float, ...] = like(TuneSettings, "fraction", (1.0,), help="Seeded fractions of the tuning data.")
-    betas: tuple[float, ...] = like(DecodingMethod, "strength", (0.1, 0.3, 0.5), flags=None,
+    betas: tuple[float, ...] = like(CTDMethod, "strength", (0.1, 0.3, 0.5), flag=None,
                                     help="Decoding strengths, each evaluated on every prefix without retuning.")
 
     def __post_init__(self) -> None:
@@ -74,8 +74,8 @@ class SweepSettings:
     max_source_tokens: int = setting(1024, check=positive_int,
                                      help="Instruction + input tokens of a development prompt (the protocol's is "
                                           "1024).")
-    id_strengths: tuple[float, ...] = setting((0.1, 0.3, 0.5), check=contrast_strength,
-                                              help="Instructive Decoding strengths measured as baselines.")
+    id_strengths: tuple[float, ...] = like(IDMethod, "strength", (0.1, 0.3, 0.5), flag=None,
+                                           help="Instructive Decoding strengths measured as baselines.")
     eval_batch_size: int = setting(8, check=positive_int, help="Prompts per generate() call.")
 
     def __post_init__(self) -> None:
