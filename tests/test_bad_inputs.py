@@ -388,7 +388,7 @@ def test_vllm_engine_without_vllm_names_the_install(capsys, tiny_model_dir):
     (["eval", "--output-dir", "x", "--benchmarks", " , "], ("--benchmarks", "at least one")),
     (["tune", "--output-dir", "x", "--fraction", "0"], ("--fraction", r"\(0, 1\]")),
     (["tune", "--output-dir", "x", "--lr", "nan"], ("--lr", "finite")),
-    (["generate", "--prompt", "Hi", "--engine", "vllm", "--vllm-max-num-seqs", "3"], ("--vllm-max-num-seqs", "even")),
+    (["generate", "--prompt", "Hi", "--engine", "vllm", "--vllm-max-num-seqs", "0"], ("--vllm-max-num-seqs", ">= 1")),
     (["eval", "--output-dir", "x", "--engine", "sglang"], ("--engine", "choose one of hf, vllm")),
 ])
 def test_cli_values_refused_by_the_parser(capsys, argv, words):

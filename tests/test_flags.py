@@ -14,7 +14,8 @@ from ctd_hf.settings import SettingError
 
 # Every flag of 0.2 (kept), plus the names generated from the fields where 0.2 spelled them otherwise (--lr), plus
 # the engine's (0.3).
-ENGINE = " --engine --vllm-max-model-len --vllm-max-num-seqs --vllm-memory"
+VLLM = " --vllm-max-model-len --vllm-max-num-seqs --vllm-memory --vllm-tensor-parallel-size"
+ENGINE = " --engine" + VLLM
 FLAGS = {
     "demo": "--model --output-dir --prefix --quick",
     "tune": "--adapter --alpha --batch-size --data --dtype --epochs --fraction --grad-accum --init --init-text "
@@ -39,10 +40,11 @@ FLAGS = {
              "--num-virtual-tokens --output-dir --prompt-format --rungs --samples --search --seed --steps "
              "--time-budget --workers",
     "export-hub": "--beta prefix_dir",
+    "serve": "--cache-methods --dtype --host --max-tokens --model --port --prompt-format --served-model-name" + VLLM,
 }
 REQUIRED = {"tune": ["--output-dir", "o"], "eval": ["--output-dir", "o"], "sweep": ["--output-dir", "o"],
             "synth": ["--output-dir", "o", "--instructions", "i.json"], "generate": ["--prompt", "Hi"],
-            "export-hub": ["p"], "demo": []}
+            "export-hub": ["p"], "demo": [], "serve": []}
 
 
 def subparsers() -> dict[str, argparse.ArgumentParser]:

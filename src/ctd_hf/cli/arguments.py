@@ -10,11 +10,12 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..decoding.engine import Engine, TransformersEngine
 from ..decoding.methods import METHODS, DecodingMethod, method_class
 from ..distributed import process_state
+from ..models import load_model_and_tokenizer, load_skeleton
 from ..settings import SettingError, check_settings, positive_int, setting, unit_interval
 from .flags import Flags, add_field_flag, has_flag, spelling
 
@@ -30,13 +31,6 @@ class ModelArguments:
     dtype: str = setting("float32", choices=DTYPES, help="Weights' dtype.")
 
 
-def pair_slots(value: Any) -> int:
-    """Check of ``vllm_max_num_seqs``: a positive even number (the two requests of a pair run in one step)."""
-    if positive_int(value) % 2:
-        raise ValueError(f"must be even (a pair's two requests run together), got {value}")
-    return value
-
-
 @dataclass(kw_only=True)
 class EngineArguments:
     """Which engine decodes: transformers' ``generate()``, or one vLLM engine (``pip install "ctd_hf[vllm]"``). The
@@ -45,13 +39,15 @@ class EngineArguments:
     engine: str = setting("hf", choices=ENGINES, help=(
         "hf: transformers' generate(); vllm: one vLLM engine (ctd_hf[vllm]): od, id, ctd and cd, greedy or sampled, "
         "no beam search."))
-    vllm_max_num_seqs: int | None = setting(None, check=pair_slots, help=(
-        "vllm: requests per step (even: a pair's two rows; default: the engine's, 8)."))
+    vllm_max_num_seqs: int | None = setting(None, check=positive_int, help=(
+        "vllm: requests per step (a pair takes two; default: the engine's, 8)."))
     vllm_max_model_len: int | None = setting(None, check=positive_int, help=(
         "vllm: positions per request, prompt + CTD prefix + answer (default: the model's max_position_embeddings)."))
     vllm_memory: float | None = setting(None, check=unit_interval, help=(
         "vllm: gpu_memory_utilization, the share of GPU memory (on CPU: of host memory) vLLM reserves (default: "
         "the engine's: vLLM's on GPU, 0.3 on CPU)."))
+    vllm_tensor_parallel_size: int = setting(1, check=positive_int, help=(
+        "vllm: GPUs the model is split over (tensor parallelism)."))
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -59,6 +55,13 @@ class EngineArguments:
             for field in dataclasses.fields(self):
                 if field.name.startswith("vllm_") and getattr(self, field.name) != field.default:
                     raise SettingError(field.name, "applies to the vllm engine only: add --engine vllm or drop it.")
+
+    def load(self, name: str, dtype: str, device: Any = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        """The model and tokenizer this engine decodes: loaded for hf; for vllm only what the jobs need beside the
+        engine, which holds the weights (its config, tokenizer and input embeddings: one copy of the weights)."""
+        if self.engine == "hf":
+            return load_model_and_tokenizer(name, dtype=dtype, device=device)
+        return load_skeleton(name, dtype=dtype)
 
     def build(self, model: PreTrainedModel) -> Engine:
         """The engine for ``model`` (its folder and dtype)."""
@@ -69,8 +72,12 @@ class EngineArguments:
                              "without accelerate launch, or shard with separate jobs.")
         from ..integrations.vllm import VLLMEngine  # imports vLLM: only when asked for
 
-        return VLLMEngine(model, max_model_len=self.vllm_max_model_len, max_num_seqs=self.vllm_max_num_seqs,
-                          memory=self.vllm_memory)
+        return VLLMEngine(model, **self.vllm_options())
+
+    def vllm_options(self) -> dict[str, Any]:
+        """The vLLM engine's options these flags give (what VLLMEngine and ctd-hf serve take)."""
+        return dict(max_model_len=self.vllm_max_model_len, max_num_seqs=self.vllm_max_num_seqs,
+                    memory=self.vllm_memory, tensor_parallel_size=self.vllm_tensor_parallel_size)
 
 
 METHOD_DEST = "method:"  # the method flags' destinations, apart from the other settings in the namespace

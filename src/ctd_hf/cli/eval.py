@@ -12,7 +12,7 @@ import transformers
 
 from ..evaluation.runner import EvalSettings, run_evaluation
 from ..evaluation.tasks import get_task, task_names
-from ..models import load_model_and_tokenizer, model_id
+from ..models import model_id
 from ..settings import check_settings, contrast_strength, output_folder, setting
 from .arguments import EngineArguments, ModelArguments, add_method_flags, check_method_arguments, method_from_flags
 from .flags import add_flags, values
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> dict | None:
     transformers.set_seed(command.seed)
     methods = {label: method_from_flags(args, name, **({} if value is None else {"strength": value}))
                for label, (name, value) in specs.items()}
-    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
+    model, tokenizer = engine_arguments.load(args.model, args.dtype)
     report = run_evaluation(model, tokenizer, methods, settings, args.output_dir, model_id(model), command.seed,
                             engine_arguments.build(model))
     if report is not None:

@@ -13,7 +13,6 @@ from tqdm.auto import tqdm
 
 from ..decoding.answers import GenerationSettings, check_prompt_lengths, generate_answers
 from ..decoding.methods import method_class
-from ..models import load_model_and_tokenizer
 from ..prompts import prompt_format_setting
 from ..records import load_json_records
 from ..settings import SettingError, check_settings, positive_int, setting
@@ -99,7 +98,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         raise ValueError(f"--output {output} is the prompts file: writing the answers would overwrite the prompts. "
                          "Name another file.")
     transformers.set_seed(command.seed)
-    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
+    model, tokenizer = engine_arguments.load(args.model, args.dtype)
     bound = method.bind(model, tokenizer)
     engine = engine_arguments.build(model)
     check_prompt_lengths(bound, messages, command.prompt_format, generation.max_new_tokens,

@@ -13,7 +13,6 @@ import datasets
 from ..decoding.answers import GenerationSettings
 from ..decoding.methods import method_class
 from ..distributed import process_state
-from ..models import load_model_and_tokenizer
 from ..settings import output_folder, setting
 from ..synthesis import SynthSettings, load_instructions, synthesize
 from .arguments import (EngineArguments, ModelArguments, add_method_flags, check_method_arguments, given_method_flag,
@@ -56,7 +55,7 @@ def run(args: argparse.Namespace) -> datasets.Dataset | None:
     check_method_arguments(args, [name])
     method = method_from_flags(args, name)
     load_instructions(args.instructions, settings.limit)  # a bad file is refused before the model loads
-    expert, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype, device=process_state().device)
+    expert, tokenizer = engine_arguments.load(args.model, args.dtype, process_state().device)
     engine = engine_arguments.build(expert)
     dataset = synthesize(expert, tokenizer, args.instructions, args.output_dir, method, settings, engine=engine)
     if dataset is not None:

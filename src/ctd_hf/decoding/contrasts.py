@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,8 +19,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .._compat import adapter_layers_active, adapter_layers_enabled
 from ..adapter import resolve_prefix
-from ..formula import (DEFAULT_CD_STRENGTH, DEFAULT_PLAUSIBILITY, DEFAULT_STRENGTH, contrast_logits,
+from ..formula import (DEFAULT_CD_STRENGTH, DEFAULT_PLAUSIBILITY, DEFAULT_STRENGTH, contrast_log_probs,
                        contrastive_decoding_scores)
+from ..models import is_skeleton, load_model_and_tokenizer
 from ..settings import check_value, contrast_strength, positive_number, renamed_arguments, unit_interval
 from .layout import check_left_padded, insert_prefix
 
@@ -41,6 +43,14 @@ def decoding_model(model: PreTrainedModel | PeftModel) -> PreTrainedModel:
     return model.get_base_model()
 
 
+def check_loaded(model: PreTrainedModel) -> None:
+    """Refuse to run transformers' forwards on a model whose weights live in another engine."""
+    if is_skeleton(model):
+        raise ValueError(f"This {type(model).__name__} holds only its input embeddings (ctd_hf.models.load_skeleton, "
+                         "what --engine vllm loads): decode it on the engine that holds its weights, or load it with "
+                         "load_model_and_tokenizer.")
+
+
 class Contrast(ABC):
     """Base of the contrasts: ``model`` is the model whose ``generate()`` runs, ``contrast_model`` computes ``z~``.
 
@@ -57,7 +67,7 @@ class Contrast(ABC):
             if getattr(checked.config, "is_encoder_decoder", False):
                 raise ValueError(f"The {role} {type(checked).__name__} is an encoder-decoder; contrastive decoding "
                                  "supports decoder-only models with the default dynamic cache.")
-            if any(parameter.is_meta for parameter in checked.parameters()):
+            if not is_skeleton(checked) and any(parameter.is_meta for parameter in checked.parameters()):
                 raise ValueError(f"The {role} {type(checked).__name__} has weights on the meta device (created "
                                  "without loading them): load its weights (from_pretrained, or to_empty() and "
                                  "load_state_dict) before decoding.")
@@ -89,21 +99,31 @@ class Contrast(ABC):
         """
 
     def combine(self, scores: torch.Tensor, second_logits: torch.Tensor) -> torch.Tensor:
-        """The processed scores, ``log_softmax(z - strength * z~)``: normalised so that beam search adds up
-        log-probabilities of the contrasted distribution; greedy and sampling do not see the normalisation."""
-        return F.log_softmax(contrast_logits(scores, second_logits, self.strength), dim=-1)
+        """The processed scores, ``log_softmax(z - strength * z~)`` (:func:`~ctd_hf.formula.contrast_log_probs`)."""
+        return contrast_log_probs(scores, second_logits, self.strength)
 
     def contrasted_scores(self, scores: torch.Tensor, second_logits: torch.Tensor) -> torch.Tensor:
         """:meth:`combine`, refusing a row without any finite score: it would decode token 0 without a word."""
-        combined = self.combine(scores, second_logits)
-        if not torch.isfinite(combined.max(dim=-1).values).all():
-            raise ValueError(
-                f"{type(self).__name__} produced scores that are NaN or -inf for every token (strength "
-                f"{self.strength}; max |z~| {second_logits.abs().max().item():.3g}). The strength overflows the "
-                "scores, or the model or prefix produce non-finite logits: lower the strength or check the prefix and "
-                "model."
-            )
-        return combined
+        return check_scores(self.combine(scores, second_logits), second_logits, type(self).__name__, self.strength)
+
+    def portable(self) -> dict[str, Any] | None:
+        """What another process needs to score with this contrast without the Python object (a vLLM engine core,
+        whose requests carry JSON values): here the strength, for a contrast whose two views are one model's forward
+        and which combines them as :meth:`combine` does; ``None`` for a contrast that cannot travel."""
+        if self.shares_model and type(self).combine is Contrast.combine:
+            return {"strength": self.strength}
+        return None
+
+
+def check_scores(combined: torch.Tensor, second_logits: torch.Tensor, who: str, strength: float) -> torch.Tensor:
+    """``combined``, refusing a row without any finite score (it would decode token 0 without a word)."""
+    if not torch.isfinite(combined.max(dim=-1).values).all():
+        raise ValueError(
+            f"{who} produced scores that are NaN or -inf for every token (strength {strength}; max |z~| "
+            f"{second_logits.abs().max().item():.3g}). The strength overflows the scores, or the model or prefix "
+            "produce non-finite logits: lower the strength or check the prefix and model."
+        )
+    return combined
 
 
 class CTDContrast(Contrast):
@@ -297,6 +317,27 @@ class ContrastiveDecodingContrast(Contrast):
 
     def second_view(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def portable(self) -> dict[str, Any] | None:
+        """The amateur's folder and dtype and the settings (see :meth:`from_portable`); ``None`` for an amateur that
+        was not loaded from a folder."""
+        folder = str(getattr(self.contrast_model, "name_or_path", "") or "")
+        if not Path(folder, "config.json").is_file():
+            return None
+        return {"amateur": folder, "dtype": str(self.contrast_model.dtype).removeprefix("torch."),
+                "plausibility": self.plausibility, "strength": self.strength,
+                "amateur_temperature": self.amateur_temperature, "vocab_size": self.vocab_size}
+
+    @classmethod
+    def from_portable(cls, settings: dict[str, Any], device: torch.device | str) -> ContrastiveDecodingContrast:
+        """The contrast of :meth:`portable`'s ``settings`` in a process that holds the expert elsewhere (a vLLM engine
+        core): the amateur is loaded here, on ``device``, and the expert's logits come from the engine. The
+        vocabularies were compared where the contrast was built; the amateur stands in for the expert here."""
+        amateur, _ = load_model_and_tokenizer(settings["amateur"], dtype=settings["dtype"], device=device)
+        contrast = cls(amateur.eval(), amateur, settings["plausibility"], settings["strength"],
+                       settings["amateur_temperature"])
+        contrast.vocab_size = settings["vocab_size"]
+        return contrast
 
     def combine(self, scores: torch.Tensor, second_logits: torch.Tensor) -> torch.Tensor:
         vocab = self.vocab_size

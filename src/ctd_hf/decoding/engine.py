@@ -13,7 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from transformers import BatchEncoding, PreTrainedModel
 
-from .contrasts import Contrast
+from .contrasts import Contrast, check_loaded
 from .doubled import generate_doubled
 from .layout import max_positions
 from .recording import OriginalPredictions
@@ -80,6 +80,7 @@ class TransformersEngine:
         record: OriginalPredictions | None = None,
         **generate_kwargs: Any,
     ) -> Any:
+        check_loaded(model)
         options = {**inputs, **generate_kwargs}
         if contrast is None:
             return model.generate(**options)

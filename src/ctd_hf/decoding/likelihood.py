@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from .contrasts import Contrast
+from .contrasts import Contrast, check_loaded
 from .layout import check_left_padded, check_positions, max_positions, pad_ids, positions_from_mask
 
 
@@ -79,6 +79,7 @@ def _scores(
     if any(len(context) == 0 for context in contexts):
         raise ValueError("Every context needs at least one token (start an empty context with the BOS token).")
     model = contrast.model if isinstance(contrast, Contrast) else contrast
+    check_loaded(model)
     context_ids, context_mask = pad_ids(contexts, model.device, side="left")
     tail_ids = pad_ids(tails, model.device)
     width = 1 + max(len(tail) for tail in tails)

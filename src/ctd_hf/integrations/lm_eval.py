@@ -30,7 +30,6 @@ lm-eval 0.4.x finds a model outside its source tree (its registry accepts entry 
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
@@ -43,32 +42,11 @@ from tqdm.auto import tqdm
 from ..decoding.engine import executor
 from ..decoding.layout import pad_left
 from ..decoding.likelihood import continuation_log_probs
-from ..decoding.methods import METHODS, ContrastMethod, DecodingMethod, method_class
+from ..decoding.methods import ContrastMethod, method_from_settings, method_settings_names
 from ..models import resolve_model_path
 from .custom_generate import custom_generate
 
 Request = tuple[tuple[str, str], list[int], list[int]]  # ((context, continuation), their token ids)
-ALIASES = {"beta": "strength"}  # the paper's word for a method's strength, accepted in --model_args
-
-
-def method_from_model_args(method: str, given: dict[str, Any]) -> DecodingMethod:
-    """The registered method ``method`` with the settings given in ``--model_args``, refusing two names for one
-    setting and settings the method does not use (``prefix=...`` without ``method=ctd`` would otherwise decode
-    plainly)."""
-    if "beta" in given and "strength" in given:
-        raise ValueError("`beta` and `strength` name the same setting: pass one of them.")
-    if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
-    fields = {cls.name: {field.name for field in dataclasses.fields(cls)} for cls in METHODS.values()}
-    unused = [name for name in given if ALIASES.get(name, name) not in fields[method]]
-    if unused:
-        users = sorted({user for name in unused for user, names in fields.items() if ALIASES.get(name, name) in names})
-        raise ValueError(f"method={method} does not use {', '.join(unused)} (only method={'/'.join(users)} does): "
-                         "choose that method, or leave the setting out.")
-    settings = {ALIASES.get(name, name): value for name, value in given.items()}
-    if "noise" in settings and settings["noise"] is None:
-        settings["noise"] = "none"  # the harness reads `noise=none` in --model_args as None
-    return method_class(method)(**settings)
 
 
 @register_model("ctd_hf")
@@ -84,9 +62,10 @@ class CTDLM(HFLM):
     """
 
     def __init__(self, pretrained: str = "default", method: str = "od", **kwargs: Any) -> None:
-        names = {field.name for cls in METHODS.values() for field in dataclasses.fields(cls)} | set(ALIASES)
-        given = {name: kwargs.pop(name) for name in list(kwargs) if name in names}
-        spec = method_from_model_args(method, given)  # checked before the model loads
+        given = {name: kwargs.pop(name) for name in list(kwargs) if name in method_settings_names()}
+        if given.get("noise", "") is None:
+            given["noise"] = "none"  # the harness reads `noise=none` in --model_args as None
+        spec = method_from_settings(method, given)  # checked before the model loads
         contrastive = isinstance(spec, ContrastMethod)
         if contrastive and str(kwargs.get("batch_size", 1)).startswith("auto"):
             raise ValueError(f"batch_size=auto sizes batches for one forward of the plain model; method {spec.name} "
@@ -98,15 +77,6 @@ class CTDLM(HFLM):
         self.method = spec.bind(self.model, self.tokenizer)  # reads the prefix, loads the amateur beside the model
         self.contrastive = contrastive
 
-    def second_context(self, context: str) -> str | None:
-        """The context the method's second view reads instead of ``context`` (Instructive Decoding's: its instruction,
-        the first paragraph, replaced by the noise), or None when it reads the same."""
-        instruction, blank, task_input = context.partition("\n\n")
-        if not blank:
-            instruction, task_input = "", context
-        second = self.method.second_message({"role": "user", "content": instruction, "input": task_input})
-        return None if second is None else second["content"]
-
     def _model_generate(
         self, context: torch.Tensor, max_length: int, stop: list[str], **generation_kwargs: Any
     ) -> torch.Tensor:
@@ -115,7 +85,7 @@ class CTDLM(HFLM):
         mask = generation_kwargs["attention_mask"]
         texts = [self.tokenizer.decode(row[keep.bool()].tolist(), skip_special_tokens=True)
                  for row, keep in zip(context, mask)]
-        seconds = [self.second_context(text) for text in texts]
+        seconds = [self.method.second_context(text) for text in texts]
         second = None
         if seconds[0] is not None:
             second = self.tok_batch_encode(seconds, left_truncate_len=self.max_length - (max_length - context.shape[1]))
@@ -168,7 +138,7 @@ class CTDLM(HFLM):
         left-padded; None when the method's second view reads the same contexts."""
         encoded = []
         for (context, continuation), _, tokens in batch:
-            second = self.second_context(context)
+            second = self.method.second_context(context)
             if second is None:
                 return None
             ids = self._encode_pair(second, continuation)[0] if second.strip() else [self.prefix_token_id]

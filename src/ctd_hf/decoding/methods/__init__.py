@@ -7,12 +7,14 @@ model (what it loads, and the :class:`~ctd_hf.Contrast` of a batch); ``base`` ho
 registry and the specs' fields; none of them asks a method its name.
 """
 
-from .base import BACKENDS, METHODS, BoundMethod, ContrastMethod, DecodingMethod, method_class, register_method
+from .base import (ALIASES, BACKENDS, METHODS, BoundMethod, ContrastMethod, DecodingMethod, method_class,
+                   method_from_settings, method_settings_names, register_method)
 from .plain import ODMethod
 from .instructive import IDMethod
 from .contrastive import CDMethod
 from .ctd import CTDMethod, prefix_fingerprint
 from .lora import CTDLoRAMethod
 
-__all__ = ["BACKENDS", "METHODS", "BoundMethod", "CDMethod", "CTDLoRAMethod", "CTDMethod", "ContrastMethod",
-           "DecodingMethod", "IDMethod", "ODMethod", "method_class", "prefix_fingerprint", "register_method"]
+__all__ = ["ALIASES", "BACKENDS", "METHODS", "BoundMethod", "CDMethod", "CTDLoRAMethod", "CTDMethod", "ContrastMethod",
+           "DecodingMethod", "IDMethod", "ODMethod", "method_class", "method_from_settings", "method_settings_names", "prefix_fingerprint",
+           "register_method"]

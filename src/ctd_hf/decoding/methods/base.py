@@ -50,6 +50,32 @@ def method_class(name: str) -> type[DecodingMethod]:
     return METHODS[name]
 
 
+ALIASES = {"beta": "strength"}  # the paper's word for a method's strength, accepted where settings come by name
+
+
+def method_settings_names() -> set[str]:
+    """Every registered method's setting names, and their aliases: what a request or ``--model_args`` may hold."""
+    return {field.name for cls in METHODS.values() for field in dataclasses.fields(cls)} | set(ALIASES)
+
+
+def method_from_settings(name: str, given: dict[str, Any]) -> DecodingMethod:
+    """The registered method ``name`` with settings given by name (lm-eval's ``--model_args``, a served request's
+    body), refusing an unknown method, two names for one setting and a setting the method does not use
+    (``prefix=...`` without ``method=ctd`` would otherwise decode plainly)."""
+    if "beta" in given and "strength" in given:
+        raise ValueError("`beta` and `strength` name the same setting: pass one of them.")
+    if name not in METHODS:
+        raise ValueError(f"Unknown method {name!r}; choose one of {', '.join(METHODS)}.")
+    fields = {cls.name: {field.name for field in dataclasses.fields(cls)} for cls in METHODS.values()}
+    unused = [key for key in given if ALIASES.get(key, key) not in fields[name]]
+    if unused:
+        users = sorted({user for key in unused for user, names in fields.items() if ALIASES.get(key, key) in names})
+        raise ValueError(f"method={name} does not use {', '.join(unused)}"
+                         + (f" (only method={'/'.join(users)} does)" if users else "")
+                         + ": choose that method, or leave the setting out.")
+    return METHODS[name](**{ALIASES.get(key, key): value for key, value in given.items()})
+
+
 @dataclass(frozen=True, kw_only=True)
 class DecodingMethod(ABC):
     """A decoding method's settings: frozen, checked on creation, loading nothing.
@@ -149,6 +175,16 @@ class BoundMethod:
         """The contrast of one batch (``None``: plain decoding). ``second_prompts`` are the left-padded ids and mask
         of the batch's :meth:`second_message` prompts, for a method that has them."""
         return self._contrast
+
+    def second_context(self, context: str) -> str | None:
+        """The text the second view reads instead of a raw ``context`` (a harness context, a completion prompt),
+        whose instruction is its first paragraph (up to the first blank line) and the rest its task input; ``None``
+        when it reads the same text."""
+        instruction, blank, task_input = context.partition("\n\n")
+        if not blank:
+            instruction, task_input = "", context
+        second = self.second_message({"role": "user", "content": instruction, "input": task_input})
+        return None if second is None else second["content"]
 
     def contrast_for(self, messages: list[dict], prompt_format: str) -> Contrast | None:
         """The contrast of a batch of user ``messages`` rendered in ``prompt_format``."""

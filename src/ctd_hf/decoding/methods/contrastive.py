@@ -10,7 +10,7 @@ from typing import Any
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ...formula import DEFAULT_CD_STRENGTH, DEFAULT_PLAUSIBILITY
-from ...models import load_model_and_tokenizer, resolve_model_path
+from ...models import is_skeleton, load_model_and_tokenizer, load_skeleton, resolve_model_path
 from ...settings import SettingError, contrast_strength, positive_number, setting, unit_interval
 from ..contrasts import ContrastiveDecodingContrast
 from .base import BoundMethod, ContrastMethod, register_method
@@ -71,10 +71,13 @@ def _load_amateur(
     path: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The amateur at ``path`` on the expert's device and dtype; the expert itself when both are one model (one copy
-    in memory)."""
+    in memory). Beside an expert whose weights are with another engine (vLLM's), only its skeleton: the engine's
+    logits processor loads the amateur where it runs."""
     if path == str(model.name_or_path):
         return model, tokenizer
     try:
+        if is_skeleton(model):
+            return load_skeleton(path, dtype=model.dtype)
         amateur, amateur_tokenizer = load_model_and_tokenizer(path, dtype=model.dtype, device=model.device)
     except OSError as error:
         raise SettingError("amateur", str(error)) from None

@@ -1,97 +1,173 @@
-"""The logits processor that runs a :class:`~ctd_hf.Contrast` inside vLLM (the v1 batch-level interface).
+"""The logits processors that run a contrast inside vLLM: one pairing core, under each of vLLM's two interfaces.
 
-Each contrasted prompt is tagged (``requests.TAG`` in ``SamplingParams.extra_args``) with the key of its contrast in
-:data:`CONTRASTS`, a pair id and a role:
+Each contrasted prompt is tagged (``requests.TAG`` in ``SamplingParams.extra_args``) with a pair id, a role and its
+contrast's portable settings (:meth:`~ctd_hf.Contrast.portable`):
 
 - ``main`` and ``contrast``: a contrast whose two views are one model's forward (CTD, ID) runs as two requests, the
-  prompt and the contrast's second view (``Contrast.second_view``); their rows give ``z`` and ``z~``;
-- ``stream``: a contrast whose second view is another model or adapter state (CD's amateur, the LoRA variant) runs
-  as one request; that view reads the request's tokens beside it as a :class:`~ctd_hf.decoding.stream.ContrastStream`
-  with a KV cache of its own, in this process.
+  prompt and the contrast's second view; their rows give ``z`` and ``z~``, combined as
+  ``log_softmax(z - strength * z~)`` (:func:`~ctd_hf.formula.contrast_log_probs`);
+- ``stream``: Contrastive Decoding runs as one request; its amateur, loaded once in the processor's process from the
+  tag's folder, reads the request's tokens beside it as a :class:`~ctd_hf.decoding.stream.ContrastStream` with a KV
+  cache of its own, combined by :meth:`~ctd_hf.ContrastiveDecodingContrast.combine`.
 
-Each step the scores are ``contrast.contrasted_scores(z, z~)`` (the executors' formula and guard); the processor
-takes one token from them (argmax, or one draw with the pair's seeded generator after the caller's temperature,
-top-k and top-p) and forces it on the request's rows, so both rows of a pair advance and stop together. A tagged row
-whose partner is not in the step raises: no token is ever decided from one row.
+Each step one token per pair comes from the contrasted scores (argmax, or one draw after the caller's temperature,
+top-k and top-p from a generator seeded by the request's seed and the step, so that a preempted and resumed pair, and
+every tensor-parallel rank, draws the same) and is forced on the request's rows: both rows of a pair advance and stop
+together. A row whose partner is not in the step raises ``RuntimeError``: no token is ever decided from one row
+(:class:`~ctd_hf.integrations.vllm.scheduler.PairScheduler` keeps pairs together; this is the last check).
+
+:class:`PairedContrastProcessor` is the legacy runner's interface (rows by batch index, ``BatchUpdate``);
+:class:`PairedContrastProcessorV2` is Model Runner V2's (the GPU default): rows are mapped to request slots through
+the step's ``LogitsContext`` every step, and rows of a prefill chunk decide nothing.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from ...decoding.contrasts import Contrast
-from ...decoding.recording import original_prediction
+from ...decoding.contrasts import ContrastiveDecodingContrast, check_scores
 from ...decoding.stream import ContrastStream
-from .compat import BatchUpdate, LogitsProcessor, MoveDirectionality
-from .requests import CONTRAST, MAIN, ROLES, STREAM, TAG
-
-# The contrasts of the requests in flight, by the key their tags name. SamplingParams are copied (deep) on their way to
-# the engine core, so a model cannot travel in them; the engine core runs in this process.
-CONTRASTS: dict[int, Contrast] = {}
-BUILT_HERE: list[PairedContrastProcessor] = []  # the processors vLLM built in this process, newest last
+from ...formula import contrast_log_probs
+from .compat import BatchUpdate, LogitsContext, LogitsProcessor, LogitsProcessorV2, LogitsProcRequestState
+from .compat import MoveDirectionality
+from .requests import CONTRAST, MAIN, STREAM, check_tag, tag_of
 
 
-@dataclass
-class _Row:
-    tag: dict[str, Any]
-    prompt: list[int]
-    output: list[int]  # vLLM's live list of the request's output ids
-    stream: ContrastStream | None = None  # a stream row's second view
-    read: int = 0  # how many of the request's tokens the stream has read
-    last: torch.Tensor | None = None  # the stream's latest z~
-    original: list[tuple[int, float]] = field(default_factory=list)  # per step: argmax and max probability of z
+class _Member:
+    """A tagged request as the core sees it: its tag and its tokens so far (prompt, then outputs)."""
 
-    @property
-    def pair(self) -> int:
-        return self.tag["pair"]
+    def __init__(self, tag: dict[str, Any]) -> None:
+        self.tag = tag
+        self.stream: ContrastStream | None = None  # a stream row's second view
+        self.read = 0  # tokens the stream has read
+        self.last: torch.Tensor | None = None  # the stream's latest z~
 
-    def second_logits(self, contrast: Contrast) -> torch.Tensor:
+    def prompt(self) -> list[int]:
+        raise NotImplementedError
+
+    def tokens(self) -> list[int]:
+        raise NotImplementedError
+
+    def outputs(self) -> int:
+        """Tokens generated so far."""
+        raise NotImplementedError
+
+
+class PairingCore:
+    """One decision per pair (or stream row) per step, forced on its rows; shared by both interfaces."""
+
+    def __init__(self, device: torch.device | str) -> None:
+        self.device = device
+        self.amateurs: dict[str, ContrastiveDecodingContrast] = {}  # CD's contrasts, by their settings
+
+    def decide(self, logits: torch.Tensor, members: Iterable[tuple[int, _Member]]) -> torch.Tensor:
+        pairs: dict[str, dict[str, tuple[int, _Member]]] = {}
+        for row, member in members:
+            pairs.setdefault(member.tag["pair"], {})[member.tag["role"]] = (row, member)
+        for pair, roles in pairs.items():
+            if set(roles) == {STREAM}:
+                (row, first), = roles.values()
+                contrast = self._amateur(first.tag["contrast"])
+                second = self._stream_logits(first, contrast).to(logits.device)
+                scores = contrast.contrasted_scores(logits[row][None].float(), second[None].float())[0]
+                rows = [row]
+            elif set(roles) == {MAIN, CONTRAST}:
+                (row, first), (other, _) = roles[MAIN], roles[CONTRAST]
+                strength = first.tag["contrast"]["strength"]
+                second = logits[other].float()
+                scores = check_scores(contrast_log_probs(logits[row].float(), second, strength), second,
+                                      f"ctd_hf pair {pair}", strength)
+                rows = [row, other]
+            else:
+                raise RuntimeError(
+                    f"ctd_hf pair {pair}: the {'/'.join(roles)} row is in this step without its partner (a lone "
+                    "tagged request, or a partner preempted, aborted or not yet admitted), so no contrasted token "
+                    "exists for it. Run vLLM with ctd_hf's pair scheduler (ctd_hf.integrations.vllm.VLLMEngine and "
+                    "`ctd-hf serve` do), which keeps pairs together."
+                )
+            token = _choose(first.tag, first.outputs(), scores)
+            logits[rows] = float("-inf")
+            logits[rows, token] = 0.0
+        return logits
+
+    def _amateur(self, settings: dict[str, Any]) -> ContrastiveDecodingContrast:
+        key = repr(sorted(settings.items()))
+        if key not in self.amateurs:
+            self.amateurs[key] = ContrastiveDecodingContrast.from_portable(settings, self.device)
+        return self.amateurs[key]
+
+    @staticmethod
+    def _stream_logits(member: _Member, contrast: ContrastiveDecodingContrast) -> torch.Tensor:
         """A stream row's ``z~``: its second view reads the request's tokens it has not read (the prompt at the first
         step, then the previous step's token)."""
-        tokens = [*self.prompt, *self.output]
-        if any(token < 0 for token in tokens[self.read:]):  # vLLM's placeholder for a token still being sampled
-            raise RuntimeError("ctd_hf: vLLM has not written the previous step's token yet (async scheduling); a "
-                               "contrast with a second model needs it: run the engine with async_scheduling=False.")
-        if self.stream is None:
-            self.stream = ContrastStream(contrast.contrast_model, contrast.second_view_forward)
-            prompt = torch.tensor([self.prompt], device=contrast.model.device)
-            self.last = self.stream.prefill(**contrast.second_view(prompt, torch.ones_like(prompt)))
-        elif len(tokens) == self.read:
+        tokens = member.tokens()
+        if any(token < 0 for token in tokens[member.read:]):  # vLLM's placeholder for a token still being sampled
+            raise RuntimeError("ctd_hf: vLLM has not written the previous step's token yet (async scheduling on the "
+                               "legacy runner); Contrastive Decoding needs it: run with async_scheduling=False.")
+        device = contrast.contrast_model.device
+        if member.stream is None:
+            member.stream = ContrastStream(contrast.contrast_model, contrast.second_view_forward)
+            prompt = torch.tensor([member.prompt()], device=device)
+            member.last = member.stream.prefill(**contrast.second_view(prompt, torch.ones_like(prompt)))
+            member.read = prompt.shape[1]
+        elif len(tokens) == member.read:
             raise RuntimeError("ctd_hf: a stream row was asked for a token twice without the previous one.")
-        for token in tokens[max(self.read, len(self.prompt)):]:
-            self.last = self.stream.step(torch.tensor([token], device=contrast.contrast_model.device))
-        self.read = len(tokens)
-        return self.last[0]
+        for token in tokens[member.read:]:
+            member.last = member.stream.step(torch.tensor([token], device=device))
+        member.read = len(tokens)
+        return member.last[0]
+
+
+def _choose(tag: dict[str, Any], step: int, scores: torch.Tensor) -> int:
+    """Argmax of the contrasted scores, or a draw from them after temperature, top-k and top-p (the order of
+    ``generate()``'s warpers after the executors' contrast), seeded by the request's seed and ``step``."""
+    if tag["temperature"] == 0:
+        return int(scores.argmax())
+    scores = scores[None]
+    warpers = [TemperatureLogitsWarper(tag["temperature"])]
+    if tag["top_k"] > 0:
+        warpers.append(TopKLogitsWarper(tag["top_k"]))
+    if tag["top_p"] < 1:
+        warpers.append(TopPLogitsWarper(tag["top_p"]))
+    for warper in warpers:
+        scores = warper(None, scores)
+    seed = int.from_bytes(hashlib.sha256(f"{tag['seed']}:{step}".encode()).digest()[:8], "little") >> 1
+    generator = torch.Generator(device=scores.device).manual_seed(seed)
+    return int(torch.multinomial(scores.softmax(dim=-1), 1, generator=generator))
+
+
+# ------------------------------------------------------------------------------------------------ the legacy runner
+class _BatchMember(_Member):
+    def __init__(self, tag: dict[str, Any], prompt: list[int] | None, output: list[int]) -> None:
+        super().__init__(tag)
+        self._prompt, self.output = list(prompt or []), output  # vLLM's live list of the request's output ids
+
+    def prompt(self) -> list[int]:
+        return self._prompt
+
+    def tokens(self) -> list[int]:
+        return [*self._prompt, *self.output]
+
+    def outputs(self) -> int:
+        return len(self.output)
 
 
 class PairedContrastProcessor(LogitsProcessor):
-    """vLLM v1 logits processor: one token per tagged request from its contrast's scores, forced on its rows.
-
-    Untagged requests pass untouched. ``extra_args["ctd_hf"]`` holds ``contrast`` (a key of :data:`CONTRASTS`),
-    ``pair``, ``role``, ``record`` (keep the original model's per-step prediction) and the caller's ``temperature``,
-    ``top_k``, ``top_p`` and ``seed`` (what :class:`~ctd_hf.integrations.vllm.VLLMEngine` writes).
-    """
+    """The pairing core under the legacy runner's interface (``vllm.v1.sample.logits_processor``): rows are batch
+    indices, kept up to date from each step's ``BatchUpdate``."""
 
     def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool) -> None:
-        self.rows: dict[int, _Row] = {}
-        self.generators: dict[int, torch.Generator] = {}
-        self.finished: dict[int, list[tuple[int, float]]] = {}  # recorded predictions of rows that left the batch
-        BUILT_HERE.append(self)
+        self.core = PairingCore(device)
+        self.rows: dict[int, _BatchMember] = {}
 
     @classmethod
     def validate_params(cls, sampling_params: Any) -> None:
-        tag = (sampling_params.extra_args or {}).get(TAG)
-        if tag is None:
-            return
-        if tag.get("role") not in ROLES or not isinstance(tag.get("pair"), int):
-            raise ValueError(f"extra_args[{TAG!r}] needs an int `pair` and a `role` of {', '.join(ROLES)}.")
-        if tag.get("contrast") not in CONTRASTS:
-            raise ValueError(f"extra_args[{TAG!r}] names no contrast of this process: submit contrasted requests "
-                             "through ctd_hf.integrations.vllm.VLLMEngine.")
+        check_tag(sampling_params)
 
     def is_argmax_invariant(self) -> bool:
         return False  # it replaces the argmax
@@ -100,83 +176,73 @@ class PairedContrastProcessor(LogitsProcessor):
         if batch_update is None:
             return
         for index in batch_update.removed:
-            self._leave(index)
+            self.rows.pop(index, None)
         for index, params, prompt_ids, output_ids in batch_update.added:
-            self._leave(index)
-            tag = (params.extra_args or {}).get(TAG)
+            tag = tag_of(params)
+            self.rows.pop(index, None)
             if tag is not None:
-                self.rows[index] = _Row(tag, list(prompt_ids or []), output_ids)
+                self.rows[index] = _BatchMember(tag, prompt_ids, output_ids)
         for source, target, direction in batch_update.moved:
             moving = self.rows.pop(source, None)
             if direction == MoveDirectionality.SWAP and target in self.rows:
                 self.rows[source] = self.rows.pop(target)
-            self._leave(target)  # a one-way move may replace a finished request there without removing it
+            else:
+                self.rows.pop(target, None)  # a one-way move may replace a finished request there
             if moving is not None:
                 self.rows[target] = moving
-        live = {row.pair for row in self.rows.values()}
-        self.generators = {pair: generator for pair, generator in self.generators.items() if pair in live}
-
-    def _leave(self, index: int) -> None:
-        row = self.rows.pop(index, None)
-        if row is not None and row.tag["role"] != CONTRAST and row.tag.get("record"):
-            self.finished[row.pair] = row.original
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        pairs: dict[int, dict[str, int]] = {}
-        for index, row in self.rows.items():
-            pairs.setdefault(row.pair, {})[row.tag["role"]] = index
-        for pair, members in pairs.items():
-            if set(members) == {STREAM}:
-                rows = [members[STREAM]]
-                first = self.rows[rows[0]]
-                contrast = CONTRASTS[first.tag["contrast"]]
-                second = first.second_logits(contrast).to(logits.device)
-            elif set(members) == {MAIN, CONTRAST}:
-                rows = [members[MAIN], members[CONTRAST]]
-                first = self.rows[rows[0]]
-                contrast = CONTRASTS[first.tag["contrast"]]
-                second = logits[rows[1]]
-            else:
-                raise RuntimeError(
-                    f"ctd_hf pair {pair}: the {'/'.join(members)} row is in this step without its partner (a lone "
-                    "tagged request, or a partner preempted, aborted or not yet admitted), so no contrasted token "
-                    "exists for it. Submit pairs through ctd_hf.integrations.vllm.VLLMEngine, which keeps them "
-                    "together."
-                )
-            scores = contrast.contrasted_scores(logits[rows[0]][None].float(), second[None].float())
-            if first.tag.get("record"):
-                argmax, max_prob = original_prediction(logits[rows[0]])
-                first.original.append((int(argmax), float(max_prob)))
-            token = self._choose(pair, first.tag, scores)
-            logits[rows] = float("-inf")
-            logits[rows, token] = 0.0
-        return logits
+        return self.core.decide(logits, self.rows.items())
 
-    def recorded(self, pair: int) -> list[tuple[int, float]]:
-        """The original model's (argmax, max probability) at each step of ``pair``'s main or stream row (recorded
-        when its tag asked), once: a finished row leaves the batch at the next step, possibly of a later call."""
-        live = next((row for row in self.rows.values() if row.pair == pair and row.tag["role"] != CONTRAST), None)
-        if live is None:
-            return self.finished.pop(pair, [])
-        live.tag = {**live.tag, "record": False}  # read: not kept again when it leaves
-        return live.original
 
-    def _choose(self, pair: int, settings: dict[str, Any], scores: torch.Tensor) -> int:
-        """Argmax of the contrasted scores, or a draw from them after temperature, top-k and top-p (the order of
-        ``generate()``'s warpers after the executors' contrast)."""
-        if settings["temperature"] == 0:
-            return int(scores.argmax())
-        for warper in self._warpers(settings):
-            scores = warper(None, scores)
-        if pair not in self.generators:
-            self.generators[pair] = torch.Generator(device=scores.device).manual_seed(settings["seed"])
-        return int(torch.multinomial(scores.softmax(dim=-1), 1, generator=self.generators[pair]))
+# --------------------------------------------------------------------------------------------- Model Runner V2
+class _SlotMember(_Member):
+    def __init__(self, tag: dict[str, Any], slot: int, states: LogitsProcRequestState) -> None:
+        super().__init__(tag)
+        self.slot, self.states, self.position = slot, states, 0  # position: of this step's row
 
-    @staticmethod
-    def _warpers(settings: dict[str, Any]) -> list:
-        warpers = [TemperatureLogitsWarper(settings["temperature"])]
-        if settings["top_k"] > 0:
-            warpers.append(TopKLogitsWarper(settings["top_k"]))
-        if settings["top_p"] < 1:
-            warpers.append(TopPLogitsWarper(settings["top_p"]))
-        return warpers
+    def prompt(self) -> list[int]:
+        return self.states.all_token_ids.gpu[self.slot, : int(self.states.prompt_len.np[self.slot])].tolist()
+
+    def tokens(self) -> list[int]:
+        return self.states.all_token_ids.gpu[self.slot, : self.position + 1].tolist()
+
+    def outputs(self) -> int:
+        return self.position + 1 - int(self.states.prompt_len.np[self.slot])
+
+
+class PairedContrastProcessorV2(LogitsProcessorV2):
+    """The pairing core under Model Runner V2's interface (``vllm.v1.worker.gpu.sample.logits_processor``): requests
+    are persistent slots (``add_request`` on every (re)admission), and each step's rows are mapped to slots through
+    ``ctx.expanded_idx_mapping``, never by position. A row of a prefill chunk (its position before the slot's last
+    prefill token) decides nothing; the pair scheduler never chunks a pair, so such a row has no partner deciding."""
+
+    def __init__(self, vllm_config: Any, req_states: LogitsProcRequestState) -> None:
+        self.states = req_states
+        self.core = PairingCore(req_states.device)
+        self.slots: dict[int, _SlotMember] = {}
+
+    @classmethod
+    def validate_params(cls, sampling_params: Any) -> None:
+        check_tag(sampling_params)
+
+    def add_request(self, req_idx: int, sampling_params: Any) -> bool:
+        tag = tag_of(sampling_params)
+        self.slots.pop(req_idx, None)  # slots are recycled
+        if tag is None:
+            return False
+        self.slots[req_idx] = _SlotMember(tag, req_idx, self.states)
+        return True
+
+    def apply(self, logits: torch.Tensor, ctx: LogitsContext) -> torch.Tensor:
+        slots, positions = ctx.expanded_idx_mapping.tolist(), ctx.pos.tolist()
+        if not any(slot in self.slots for slot in slots):
+            return logits
+        prefilled = self.states.prefill_len.np
+        members = []
+        for row, (slot, position) in enumerate(zip(slots, positions)):
+            member = self.slots.get(slot)
+            if member is not None and position + 1 >= int(prefilled[slot]):
+                member.position = position
+                members.append((row, member))
+        return self.core.decide(logits, members)

@@ -16,9 +16,10 @@ from .compat import SamplingParams
 
 TAG = "ctd_hf"  # the key of a tagged request's settings in SamplingParams.extra_args
 # The rows of a request: a pair's two (main: the prompt, z; contrast: the contrast's second view, z~), or one whose
-# second view is another model (or adapter state) that the processor runs beside it as a stream.
+# second view is another model (Contrastive Decoding's amateur) that the processor runs beside it as a stream.
 MAIN, CONTRAST, STREAM = "main", "contrast", "stream"
 ROLES = (MAIN, CONTRAST, STREAM)
+_SAMPLING = ("seed", "temperature", "top_k", "top_p")
 # SamplingParams fields that would act on z or z~ alone, or report scores other than the contrasted ones; refused for
 # contrasted requests, each with its default.
 _REFUSED = {"presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0, "min_p": 0.0,
@@ -26,15 +27,38 @@ _REFUSED = {"presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penal
             "prompt_logprobs": None, "structured_outputs": None}
 
 
-def tagged(params: SamplingParams, tag: dict[str, Any]) -> SamplingParams:
+def tag_of(params: Any) -> dict[str, Any] | None:
+    """The ctd_hf tag of a request's ``SamplingParams`` (None for an untagged request)."""
+    return (getattr(params, "extra_args", None) or {}).get(TAG)
+
+
+def check_tag(params: Any) -> None:
+    """Refuse a malformed tag (vLLM calls this when a request arrives, before it is scheduled)."""
+    tag = tag_of(params)
+    if tag is None:
+        return
+    contrast = tag.get("contrast") if isinstance(tag, dict) else None
+    if (not isinstance(tag.get("pair"), str) or tag.get("role") not in ROLES or not isinstance(contrast, dict)
+            or not all(key in tag for key in _SAMPLING)):
+        raise ValueError(f"extra_args[{TAG!r}] needs a str `pair`, a `role` ({', '.join(ROLES)}), the `contrast` "
+                         f"settings and {', '.join(_SAMPLING)}: submit contrasted requests through "
+                         "ctd_hf.integrations.vllm (VLLMEngine, or `ctd-hf serve`).")
+    needed = "amateur" if tag["role"] == STREAM else "strength"
+    if needed not in contrast:
+        raise ValueError(f"extra_args[{TAG!r}]: a {tag['role']} row's contrast settings need `{needed}`.")
+
+
+def tagged(params: SamplingParams, tag: dict[str, Any], logprobs: int | None = None) -> SamplingParams:
     """A tagged request's params: the caller's, at vLLM temperature 0 (the processor chooses the token), with ``tag``
-    (pair, role, contrast...) and the caller's sampling settings in ``extra_args``."""
+    (pair, role, contrast) and the caller's sampling settings in ``extra_args``; ``logprobs`` asks vLLM for the top
+    log-probabilities of the model's own logits (the original predictions)."""
     seed = params.seed if params.seed is not None else random.randrange(2**63)
-    tagged_params = params.clone()
-    tagged_params.extra_args = {**(params.extra_args or {}), TAG: {
+    request = params.clone()
+    request.extra_args = {**(params.extra_args or {}), TAG: {
         **tag, "seed": seed, "temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p}}
-    tagged_params.temperature, tagged_params.top_k, tagged_params.top_p, tagged_params.seed = 0.0, 0, 1.0, None
-    return tagged_params
+    request.temperature, request.top_k, request.top_p, request.seed = 0.0, 0, 1.0, None
+    request.logprobs = logprobs
+    return request
 
 
 def sampling_params(generate_kwargs: dict[str, Any]) -> SamplingParams:
