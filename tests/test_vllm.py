@@ -94,7 +94,9 @@ def engine(model_dir):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
-        return VLLMEngine(model_dir, max_model_len=256, max_num_seqs=8, dtype="float32", memory=MEMORY)
+        engine = VLLMEngine(model_dir, max_model_len=256, max_num_seqs=8, dtype="float32", memory=MEMORY)
+    yield engine
+    engine.close()
 
 
 @pytest.fixture(scope="module")
@@ -186,10 +188,11 @@ def test_pairs_preempted_and_resumed_whole_equal_transformers(model_dir, hf):
                                              "briefly."} for i in range(8)]
     prompts = [tokenizer(format_prompt([m], "chatml"), add_special_tokens=False)["input_ids"] for m in messages]
     contrast = IDMethod().bind(model, tokenizer).contrast_for(messages, "chatml")
-    small = VLLMEngine(model_dir, max_model_len=256, max_num_seqs=16, dtype="float32", memory=0.05,
-                       num_gpu_blocks_override=16, block_size=32, disable_log_stats=False)
-    outputs = small.decode(prompts, contrast, SamplingParams(temperature=0, max_tokens=48, ignore_eos=True))
-    preemptions = next(metric.value for metric in small.llm.get_metrics() if metric.name == "vllm:num_preemptions")
+    with VLLMEngine(model_dir, max_model_len=256, max_num_seqs=16, dtype="float32", memory=0.05,
+                    num_gpu_blocks_override=16, block_size=32, disable_log_stats=False) as small:
+        outputs = small.decode(prompts, contrast, SamplingParams(temperature=0, max_tokens=48, ignore_eos=True))
+        preemptions = next(metric.value for metric in small.llm.get_metrics()
+                           if metric.name == "vllm:num_preemptions")
     assert preemptions >= 2  # measured: 8
     batch = pad_left(tokenizer, prompts)
     with torch.no_grad():  # no EOS: every answer runs its 48 tokens, as ignore_eos does
@@ -323,7 +326,7 @@ def test_a_failed_step_stops_the_engine(engine, hf):
     overflowing = CTDMethod(prefix=torch.randn(4, model.config.hidden_size), strength=3e38).bind(model, tokenizer)
     with pytest.raises(Exception):
         engine.decode(prompts, overflowing.contrast(), SamplingParams(temperature=0, max_tokens=4))
-    with pytest.raises(RuntimeError, match="start a new VLLMEngine"):
+    with pytest.raises(RuntimeError, match="was stopped: start a new VLLMEngine"):
         engine.decode(prompts, None, SamplingParams(max_tokens=4))
 
 

@@ -56,8 +56,9 @@ def engine():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
-        return VLLMEngine(resolve_model_path("default"), max_model_len=256, max_num_seqs=8, dtype="float32",
-                          enforce_eager=True, gpu_memory_utilization=0.3)
+        engine = VLLMEngine(resolve_model_path("default"), max_model_len=256, max_num_seqs=8, dtype="float32")
+    yield engine
+    engine.close()
 
 
 def prompt_ids(tokenizer) -> list[list[int]]:

