@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shutil
 
 import pytest
 from safetensors.torch import load_file
@@ -27,11 +28,20 @@ def test_tune_writes_a_prefix_and_resumes(tiny_model_dir, tmp_path, capsys):
     metrics = json.loads((out / "train_results.json").read_text())
     assert 0 < metrics["examples"] <= 100 and math.isfinite(metrics["train_loss"])
 
+    assert "length of training" in cli_error(capsys, args + ["--max-steps", "3"])  # its schedule was for 2 steps
+    for name in ("train_results.json", "adapter_model.safetensors"):  # as if killed after the first checkpoint
+        (out / name).unlink()
+    shutil.rmtree(out / "checkpoint-2")
     capsys.readouterr()
-    main(args + ["--max-steps", "3"])
+    main(args + ["--max-steps", "2"])
     assert "Resuming from" in capsys.readouterr().err
-    state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
-    assert state["global_step"] == 3 and len(state["log_history"]) > 2  # continued the logged run, not a new one
+    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and len(state["log_history"]) > 1  # continued the logged run, not a new one
+    assert load_file(out / "adapter_model.safetensors")["prompt_embeddings"].allclose(first, atol=1e-6)
+    main(args + ["--max-steps", "3", "--restart"])  # starts over: a 3-step run
+    assert json.loads((out / "train_results.json").read_text())["global_step"] == 3
+    assert not (out / "checkpoint-2").exists() or json.loads(
+        (out / "checkpoint-2" / "trainer_state.json").read_text())["max_steps"] == 3
 
 
 def test_tune_lora_variant(tiny_model_dir, tmp_path):

@@ -17,7 +17,8 @@ from transformers import GenerationConfig, LlamaForCausalLM
 import ctd_hf
 from conftest import DeprecationLog, build_model
 from ctd_hf import ContrastProcessor, CTDContrast, InstructiveContrast, generate_doubled
-from ctd_hf._compat import CACHE_ARGUMENT, adapter_layers_enabled, decoding_loop, find_cache
+from ctd_hf._compat import (CACHE_ARGUMENT, adapter_layers_enabled, calling_generate_streamer, decoding_loop,
+                             find_cache)
 from ctd_hf.decoding.likelihood import continuation_log_probs
 
 VERSIONS = f"transformers {transformers.__version__}, peft {peft.__version__}"
@@ -47,6 +48,25 @@ def test_decoding_loops_are_found(config, loop):
     assert found is not None and found.__func__ is getattr(type(model), loop), (
         f"{VERSIONS}: generate() no longer runs {loop} for {config.get_generation_mode()} "
         "(transformers.generation.utils.GENERATION_MODES_MAPPING moved): update ctd_hf/_compat.py:decoding_loop.")
+
+
+def test_a_callable_custom_generate_finds_the_streamer_of_generate():
+    seen = []
+
+    def loop(model, input_ids, logits_processor, stopping_criteria, generation_config, **model_kwargs):
+        seen.append(calling_generate_streamer())
+        return input_ids
+
+    class Streamer(transformers.generation.BaseStreamer):
+        def put(self, value: torch.Tensor) -> None:
+            pass
+
+    model, streamer = build_model(32), Streamer()
+    model.generate(input_ids=torch.tensor([[1, 5]]), max_new_tokens=1, custom_generate=loop, streamer=streamer)
+    model.generate(input_ids=torch.tensor([[1, 5]]), max_new_tokens=1, custom_generate=loop)
+    assert seen == [streamer, None], (
+        f"{VERSIONS}: generate() no longer calls a callable custom_generate itself, or no longer keeps its streamer "
+        "in a local `streamer`: update ctd_hf/_compat.py:calling_generate_streamer.")
 
 
 def test_adapter_layers_switch_on_inside_disable_adapter():

@@ -209,18 +209,25 @@ class Collect:
 
 
 def test_streamers_receive_the_tokens(prefix_dir, tiny_model_dir, lively):
-    """0.2: a streamer given with the callable or the exported folder received nothing (generate() does not hand a
-    callable custom_generate its streamer)."""
+    """0.2 and 0.3: generate(streamer=...) with the callable custom_generate streamed nothing but the prompt
+    (generate() does not hand a callable custom_generate its streamer)."""
     model, contrast, inputs = lively
     one = {**{key: value[:1] for key, value in inputs.items() if key != "max_new_tokens" and key != "pad_token_id"},
            "max_new_tokens": 6, "pad_token_id": inputs["pad_token_id"], "do_sample": False}
     expected = generate_doubled(model, contrast, **one)
     streamer = Collect()
-    model.generate(**one, custom_generate=ctd_hf.custom_generate, contrast=contrast, token_streamer=streamer)
+    model.generate(**one, custom_generate=ctd_hf.custom_generate, contrast=contrast, streamer=streamer)
     assert torch.equal(torch.cat(streamer.tokens), expected[0]) and streamer.ended
     with pytest.raises(ValueError, match="beam search"):
-        model.generate(**one, custom_generate=ctd_hf.custom_generate, contrast=contrast, token_streamer=Collect(),
+        model.generate(**one, custom_generate=ctd_hf.custom_generate, contrast=contrast, streamer=Collect(),
                        num_beams=2)
+    streamer = Collect()
+    with pytest.warns(FutureWarning, match="token_streamer"):  # the deprecated way still streams
+        model.generate(**one, custom_generate=ctd_hf.custom_generate, contrast=contrast, token_streamer=streamer)
+    assert torch.equal(torch.cat(streamer.tokens), expected[0]) and streamer.ended
+    with pytest.raises(ValueError, match="one streamer"), pytest.warns(FutureWarning):
+        model.generate(**one, custom_generate=ctd_hf.custom_generate, contrast=contrast, streamer=Collect(),
+                       token_streamer=Collect())
     export_custom_generate(prefix_dir, strength=0.5)
     tiny = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     options = {**one, "max_new_tokens": 4}
@@ -228,3 +235,15 @@ def test_streamers_receive_the_tokens(prefix_dir, tiny_model_dir, lively):
     streamer = Collect()
     tiny.generate(**options, custom_generate=str(prefix_dir), trust_remote_code=True, streamer=streamer)
     assert torch.equal(torch.cat(streamer.tokens), expected[0]) and streamer.ended
+
+
+def test_a_torn_exported_file_names_the_fix(prefix_dir, tiny_model_dir):
+    """0.3: generate.py cut short (a failed upload or copy) raised a bare SyntaxError from transformers' loader."""
+    export_custom_generate(prefix_dir)
+    path = prefix_dir / "custom_generate" / "generate.py"
+    text = path.read_text()
+    path.write_text(text[: text.index("# ctd-hf prefix file adapter_model") + 200])
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    with pytest.raises(RuntimeError, match=r"incomplete or altered: its copy of adapter_model.safetensors.*export-hub"):
+        model.generate(input_ids=torch.tensor([[1, 5, 7]]), max_new_tokens=2, custom_generate=str(prefix_dir),
+                       trust_remote_code=True)

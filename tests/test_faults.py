@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from typing import Callable
 from safetensors.torch import load_file
 from transformers import PreTrainedTokenizerFast
 
+from ctd_hf.cli import main
 from ctd_hf.records import read_records
 
 from conftest import DATA, LONG, SFT_SAMPLE, build_model, cli_error
@@ -139,3 +141,90 @@ def test_synth_killed_at_several_points_resumes_to_the_same_dataset(long_model_d
     expert_at = args.index("--expert") + 1
     error = cli_error(capsys, args[:expert_at] + [str(amateur)] + args[expert_at + 1:])
     assert "other settings" in error and "expert" in error
+
+
+# Round 3: a resume key records what the answers depend on, by content, for everything the folder holds. Each test
+# below failed on ctd_hf 0.3, which resumed without a word.
+
+
+def report(folder: Path) -> dict:
+    return json.loads((folder / "report.json").read_text())["benchmarks"]
+
+
+def test_eval_resume_remembers_the_methods_a_smaller_rerun_left_out(long_model_dir, tmp_path, capsys):
+    """0.3: od,ctd at beta 0.1, then od alone into the same folder, then od,ctd at beta 2.0: the third run reused
+    beta 0.1's ctd answers under a report that said 2.0 (the second run had recorded its settings without ctd)."""
+    prefix = tmp_path / "prefix"
+    main(["tune", "--model", str(long_model_dir), "--output-dir", str(prefix), "--max-steps", "1", "--fraction",
+          "0.02", "--max-length", "64", "--num-virtual-tokens", "4", "--data", str(SFT_SAMPLE)])
+    args = [*eval_args(long_model_dir, tmp_path / "run"), "--max-instances", "1"]
+    ctd = ["--methods", "od,ctd", "--prefix", str(prefix)]
+    main([*args, *ctd, "--beta", "0.1"])
+    main([*args, "--methods", "od"])
+    error = cli_error(capsys, [*args, *ctd, "--beta", "2.0"])
+    assert "ctd's strength (0.1 -> 2.0)" in error and "--restart" in error
+    main([*args, *ctd, "--beta", "2.0", "--restart"])
+    main([*eval_args(long_model_dir, tmp_path / "fresh"), "--max-instances", "1", *ctd, "--beta", "2.0"])
+    assert report(tmp_path / "run") == report(tmp_path / "fresh")
+
+
+def test_eval_resume_after_the_task_changed_is_refused(long_model_dir, tmp_path, capsys):
+    """0.3: predictions made on a task's old definition and inputs were kept after the task file was edited."""
+    source = DATA / "supernatinst" / "tasks" / "task033_winogrande_answer_generation.json"
+    folder = tmp_path / "ni"
+    (folder / "tasks").mkdir(parents=True)
+    (folder / "splits").mkdir()
+    (folder / "splits" / "mine.txt").write_text("task033_winogrande_answer_generation\n")
+    task = json.loads(source.read_text())
+    task["Instances"] = task["Instances"][:3]
+    path = folder / "tasks" / source.name
+    path.write_text(json.dumps(task))
+    args = ["eval", "--model", str(long_model_dir), "--methods", "od", "--superni-dir", str(folder), "--superni-tasks",
+            "mine.txt", "--max-new-tokens", "4", "--output-dir", str(tmp_path / "run")]
+    main(args)
+    task["Definition"] = ["Answer with one word."]
+    task["Instances"][0]["input"] = "A new question."
+    path.write_text(json.dumps(task))
+    error = cli_error(capsys, args)
+    assert "another prompt or references" in error and "--restart" in error
+    main([*args, "--restart"])
+    fresh = [*args[:-1], str(tmp_path / "fresh")]
+    main(fresh)
+    assert report(tmp_path / "run") == report(tmp_path / "fresh")
+
+
+def sft_file(path: Path, rows: int = 12) -> Path:
+    path.write_text(json.dumps(json.loads(SFT_SAMPLE.read_text())[:rows]))
+    return path
+
+
+def test_tune_resume_after_the_data_changed_is_refused(long_model_dir, tmp_path, capsys):
+    """0.3: a run killed at a checkpoint resumed on a data file edited in place (the key held its path only)."""
+    data = sft_file(tmp_path / "data.json")
+    args = [*tune_args(long_model_dir, tmp_path / "run"), "--data", str(data), "--fraction", "1"]
+    kill_when(cli(*args), lambda: (tmp_path / "run" / "checkpoint-2" / "trainer_state.json").is_file(),
+              tmp_path / "kill.log")
+    rows = json.loads(data.read_text())
+    rows[0]["output"] = "Something else entirely."
+    data.write_text(json.dumps(rows))
+    assert "the data's content" in cli_error(capsys, args)
+    run(cli(*args, "--restart"))
+    fresh = [*tune_args(long_model_dir, tmp_path / "fresh"), "--data", str(data), "--fraction", "1"]
+    run(cli(*fresh))
+    prefixes = [load_file(tmp_path / name / "adapter_model.safetensors")["prompt_embeddings"] for name in
+                ("run", "fresh")]
+    assert (prefixes[0] - prefixes[1]).abs().max() < 1e-6
+
+
+def test_tune_rerun_with_another_length_is_refused(long_model_dir, tmp_path, capsys):
+    """0.3: a finished 6-step run rerun with 8 steps, or a run killed at step 2 of 8 rerun with 6, trained on under a
+    schedule planned for the other length and recorded one run of the new length."""
+    out = tmp_path / "run"
+    run(cli(*tune_args(long_model_dir, out)))
+    assert "length of training" in cli_error(capsys, [*tune_args(long_model_dir, out), "--max-steps", "8"])
+    other = tmp_path / "other"
+    kill_when(cli(*tune_args(long_model_dir, other), "--max-steps", "8"),
+              lambda: (other / "checkpoint-2" / "trainer_state.json").is_file(), tmp_path / "kill.log")
+    error = cli_error(capsys, tune_args(long_model_dir, other))
+    assert re.search(r"length of training \(a run planned for 8 steps, \d done; now \{'epochs': 1.0, 'max_steps': 6\}",
+                     error), error

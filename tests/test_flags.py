@@ -13,14 +13,14 @@ from ctd_hf.cli.flags import values
 from ctd_hf.settings import SettingError
 
 # Every flag of 0.2 (kept), plus the names generated from the fields where 0.2 spelled them otherwise (--lr), plus
-# the engine's (0.3).
+# the engine's (0.3), plus --restart and the SuperNI Rouge-L tokenizer (fail-loudly round 3), plus --seeds (issue 31).
 VLLM = " --vllm-max-model-len --vllm-max-num-seqs --vllm-memory --vllm-tensor-parallel-size"
 ENGINE = " --engine" + VLLM
 FLAGS = {
-    "demo": "--model --output-dir --prefix --quick",
+    "demo": "--model --output-dir --prefix --quick --seeds",
     "tune": "--adapter --alpha --batch-size --data --dtype --epochs --fraction --grad-accum --init --init-text "
             "--learning-rate --lora-r --lr --max-length --max-steps --model --num-virtual-tokens --output-dir "
-            "--prompt-format --save-steps --seed",
+            "--prompt-format --restart --save-steps --seed --seeds",
     "generate": "--amateur --amateur-temperature --backend --batch-size --beta --cd-beta --do-sample --dtype "
                 "--id-strength --max-new-tokens --method --model --noise --noise-rate --num-beams --output --path "
                 "--plausibility --prefix --prompt --prompt-format --prompts-file --seed --temperature --top-k "
@@ -29,15 +29,16 @@ FLAGS = {
             "--batch-size --benchmarks --beta --cd-beta --drop-limit --drop-path --drop-split --dtype --id-strength "
             "--max-instances --max-new-tokens --max-source-tokens --methods --mmlu-limit --mmlu-path --mmlu-shots "
             "--model --no-token-changes --noise --noise-rate --output-dir --path --plausibility --prefix "
-            "--prompt-format --seed --superni-categories --superni-dataset --superni-dir --superni-max-instances "
-            "--superni-per-category --superni-split --superni-tasks" + ENGINE,
+            "--prompt-format --restart --seed --superni-categories --superni-dataset --superni-dir "
+            "--superni-max-instances --superni-per-category --superni-rouge-tokenizer --superni-split --superni-tasks"
+            + ENGINE,
     "synth": "--also-plain --amateur --amateur-temperature --backend --batch-size --beta --cd-beta --do-sample "
              "--dtype --expert --format --id-strength --instructions --limit --max-new-tokens --method --noise "
-             "--noise-rate --num-beams --output-dir --path --plausibility --prefix --prompt-format --seed "
+             "--noise-rate --num-beams --output-dir --path --plausibility --prefix --prompt-format --restart --seed "
              "--temperature --top-k --top-p" + ENGINE,
     "sweep": "--alpha --batch-size --betas --data --dev-tasks --eval-batch-size --fraction --id-strengths --init "
              "--keep --learning-rate --lr --max-length --max-new-tokens --max-source-tokens --model "
-             "--num-virtual-tokens --output-dir --prompt-format --rungs --samples --search --seed --steps "
+             "--num-virtual-tokens --output-dir --prompt-format --rungs --samples --search --seed --seeds --steps "
              "--time-budget --workers",
     "export-hub": "--beta prefix_dir",
     "serve": "--cache-methods --dtype --host --max-tokens --model --port --prompt-format --served-model-name" + VLLM,

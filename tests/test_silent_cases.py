@@ -222,12 +222,13 @@ def test_superni_dataset_targets_as_lists_are_several_references(tmp_path):
         load_superni(SuperNIOptions(dataset=str(tmp_path / "bad"), max_instances=1))
 
 
-def _tiny_tune(tok, output_dir, **settings):
+def _tiny_tune(tok, output_dir, restart=False, **settings):
     from ctd_hf.training.tuning import TuneSettings, tune
 
     settings = TuneSettings(**{"data": str(SFT_SAMPLE), "fraction": 0.02, "batch_size": 8, "max_length": 64,
                                "num_virtual_tokens": 2, "save_steps": 50, **settings})  # 13 examples: 2 steps an epoch
-    return tune(settings, output_dir, "tiny", model=build_model(len(tok)), tokenizer=tok, disable_tqdm=True)
+    return tune(settings, output_dir, "tiny", model=build_model(len(tok)), tokenizer=tok, restart=restart,
+                disable_tqdm=True)
 
 
 def test_a_finished_tune_rerun_trains_and_rewrites_nothing(tok, tmp_path):
@@ -238,7 +239,7 @@ def test_a_finished_tune_rerun_trains_and_rewrites_nothing(tok, tmp_path):
     assert _tiny_tune(tok, tmp_path, max_steps=3) == first
     assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == files
     assert first["global_step"] == 3 and first["train_loss"] > 0 and first["train_original_loss"] > 0
-    with pytest.raises(ValueError, match="trained for 3 steps, more than max_steps=2"):
+    with pytest.raises(ValueError, match=r"length of training \(\{'epochs': 1.0, 'max_steps': 3\} -> \{'epochs': 1.0, 'max_steps': 2\}"):
         _tiny_tune(tok, tmp_path, max_steps=2)
 
 
@@ -250,8 +251,8 @@ def test_a_tune_killed_before_its_results_finishes_without_training_more(tok, tm
     (tmp_path / "train_results.json").unlink()
     again = _tiny_tune(tok, tmp_path, max_steps=3)
     assert again == first and (tmp_path / "adapter_model.safetensors").read_bytes() == adapter
-    longer = _tiny_tune(tok, tmp_path, max_steps=5)  # a longer run continues from the last step
-    assert longer["global_step"] == 5 and longer["train_loss"] != first["train_loss"]
+    with pytest.raises(ValueError, match="length of training.*--restart"):  # 0.3 went on under a 3-step schedule
+        _tiny_tune(tok, tmp_path, max_steps=5)
 
 
 def test_a_tune_that_never_started_does_not_block_the_corrected_command(tok, tmp_path):
@@ -268,8 +269,11 @@ def test_retraining_an_exported_prefix_in_place_is_refused(tok, tmp_path):
 
     _tiny_tune(tok, tmp_path, max_steps=1)
     export_custom_generate(tmp_path, strength=0.3)
-    with pytest.raises(ValueError, match="export-hub"):
+    with pytest.raises(ValueError, match="length of training"):  # (0.3 refused it naming export-hub)
         _tiny_tune(tok, tmp_path, max_steps=2)
+    assert _tiny_tune(tok, tmp_path, max_steps=2, restart=True)["global_step"] == 2  # starting over drops the export
+    assert not (tmp_path / "custom_generate").exists()
+    export_custom_generate(tmp_path, strength=0.3)
     trainer = CTDTrainer(model=add_soft_prefix(build_model(len(tok)), 2), processing_class=tok,
                          args=CTDConfig(output_dir=str(tmp_path / "other"), report_to="none", max_steps=1),
                          train_dataset=tokenize_sft(load_sft_data(SFT_SAMPLE).select(range(4)), tok, max_length=64))
@@ -371,3 +375,125 @@ def test_round_two_unclear_errors_name_the_problem_and_the_fix(model, tok, tmp_p
     assert len(noisy_instruction("word " * 6000, "", "random_words").split()) == 6000
     error = cli_error(capsys, ["sweep", "--output-dir", str(tmp_path / "s"), "--lr", "-1,0.01"])
     assert "--flag=-1" in error
+
+
+def _task_folder(tmp_path: Path, instances: list[dict], definition: object = "Answer the question.") -> Path:
+    """A natural-instructions folder of one task, ``t1`` (listed in ``splits/mine.txt``)."""
+    folder = tmp_path / "ni"
+    (folder / "tasks").mkdir(parents=True, exist_ok=True)
+    (folder / "splits").mkdir(exist_ok=True)
+    (folder / "splits" / "mine.txt").write_text("t1\n")
+    (folder / "tasks" / "t1.json").write_text(json.dumps(
+        {"Definition": definition, "Categories": ["Question Answering"], "Instances": instances}))
+    return folder
+
+
+def test_instances_sharing_an_id_are_refused(tmp_path):
+    """0.3: two instances of one id both got one answer (66.67 where 100 was right); dataset rows sharing an id
+    merged into one instance, dropping the other's input."""
+    import datasets
+
+    from ctd_hf.evaluation.tasks.superni import SuperNIOptions, load_superni
+
+    folder = _task_folder(tmp_path, [{"id": "a", "input": "1 + 1?", "output": ["2"]},
+                                     {"id": "a", "input": "2 + 2?", "output": ["4"]}])
+    with pytest.raises(ValueError, match=r"t1.json: two instances have id 'a'"):
+        load_superni(SuperNIOptions(dir=str(folder), tasks="mine.txt"))
+    rows = [{"task_name": "t1", "id": "a", "definition": "Add.", "inputs": text, "targets": "x"}
+            for text in ("1 + 1?", "2 + 2?")]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "rows"))
+    with pytest.raises(ValueError, match="two rows of id 'a' have different inputs"):
+        load_superni(SuperNIOptions(dir=str(folder), tasks="mine.txt", dataset=str(tmp_path / "rows")))
+
+
+def test_references_without_a_latin_token_are_named(caplog):
+    """0.3: an exact Hebrew, Arabic, Chinese or Russian answer scored Rouge-L 0 (exact match 100) without a word."""
+    from ctd_hf.evaluation.tasks.superni import superni_instance_scores
+
+    answers = ["שלום עולם", "مرحبا بالعالم", "你好世界", "привет мир"]
+    items = [{"references": [answer], "rouge_tokenizer": "english"} for answer in answers]
+    with caplog.at_level("WARNING", logger="ctd_hf"):
+        english = superni_instance_scores(items, answers)
+    assert english["rougeL"] == [0.0] * 4 and english["exact_match"] == [100.0] * 4
+    assert "4 of 4 SuperNI items have no reference the english Rouge-L tokenizer reads" in caplog.text
+    assert "--superni-rouge-tokenizer xlingual" in caplog.text
+    items = [{**item, "rouge_tokenizer": "xlingual"} for item in items]
+    assert superni_instance_scores(items, answers)["rougeL"] == [100.0] * 4
+    assert superni_instance_scores(items, ["他们", "x", "世界", "мир"])["rougeL"][0] == 0.0
+
+
+def test_flags_that_mean_another_method_are_refused(capsys, tiny_model_dir, tmp_path):
+    """0.3: --methods od@0.3 ran plain od under a strength label; generate --amateur without --method decoded od and
+    never loaded the amateur."""
+    error = cli_error(capsys, ["eval", "--output-dir", str(tmp_path / "e"), "--methods", "od,od@0.3"])
+    assert "od@0.3: method od has no strength" in error
+    error = cli_error(capsys, ["generate", "--model", str(tiny_model_dir), "--prompt", "Hi", "--amateur",
+                               str(tiny_model_dir)])
+    assert "--amateur is a setting of method cd" in error and "choose that method" in error
+
+
+def test_round_three_unclear_errors_name_the_problem_and_the_fix(model, tok, tmp_path, capsys, tiny_model_dir):
+    """0.3 answered each of these with an error that named neither the problem nor the fix (or, for a numpy or torch
+    strength, refused a number)."""
+    import numpy as np
+
+    from ctd_hf import AdapterMismatchError, DecodingMethod, check_adapter
+    from ctd_hf.evaluation.tasks.superni import SuperNIOptions, load_superni
+
+    prefix = tmp_path / "prefix"
+    add_soft_prefix(model, 2).save_pretrained(prefix)
+    (prefix / "adapter_config.json").write_text("{}")
+    with pytest.raises(AdapterMismatchError, match="names no adapter type.*Re-run `ctd-hf tune`"):
+        check_adapter(model, prefix)
+    task = DATA / "supernatinst" / "tasks" / "task033_winogrande_answer_generation.json"
+    assert "is not SFT data that tuning can read" in cli_error(
+        capsys, ["sweep", "--output-dir", str(tmp_path / "s"), "--data", str(task)])
+    with pytest.raises(ValueError, match="Record 2 of the list: the example's output is of type int"):
+        load_sft_data([{"instruction": "a", "output": "b"}, {"instruction": "c", "output": 3}])
+    error = cli_error(capsys, ["eval", "--output-dir", str(tmp_path / "e"), "--no-token-changes", "false"])
+    assert "--no-token-changes is a switch and takes no value" in error
+    error = cli_error(capsys, ["generate", "--model", str(tiny_model_dir), "--prompt", "Hi", "--do-sample",
+                               "--temperature", "1e-320"])
+    assert "--temperature: must be at least 1e-06" in error
+    error = cli_error(capsys, ["synth", "--expert", str(tiny_model_dir), "--method", "od", "--amateur",
+                               str(tiny_model_dir), "--instructions", str(SFT_SAMPLE), "--output-dir",
+                               str(tmp_path / "synth")])
+    assert "--amateur is a setting of method cd" in error
+    instructions = tmp_path / "instructions.json"
+    instructions.write_text(json.dumps([{"instruction": "Add.", "input": "1 + 1"}]))
+    synth = ["synth", "--expert", str(tiny_model_dir), "--method", "od", "--instructions", str(instructions),
+             "--max-new-tokens", "2", "--output-dir", str(tmp_path / "synth")]
+    from ctd_hf.cli import main
+
+    main(synth)
+    instructions.write_text(json.dumps([{"instruction": "Add.", "input": "2 + 2"}]))
+    assert "whose input '1 + 1' -> '2 + 2' changed" in cli_error(capsys, synth)
+    for strength in (np.float32(0.5), torch.tensor(0.5), np.float64(0.5)):
+        assert DecodingMethod.from_name("id", strength=strength).strength == 0.5
+    with pytest.raises(TypeError, match="`prefix` must be a folder written by `ctd-hf tune`"):
+        DecodingMethod.from_name("ctd", prefix=123)
+    with pytest.raises(TypeError, match="`amateur` must be a model folder"):
+        DecodingMethod.from_name("cd", amateur=3.0)
+    with pytest.raises(AdapterMismatchError, match="prefix is on the meta device"):
+        CTDContrast(model, torch.empty(2, 32, device="meta"))
+    contrast = CTDContrast(model, torch.randn(2, 32))
+    for mask, words in ((torch.tensor([[1, 0, 1], [1, 1, 1]]), "Row 0 of the attention mask has a hole"),
+                        (torch.tensor([[0.0, 1.0, 1.0], [1.0, 1.0, 1.0]]), "0s and 1s.*got dtype torch.float32")):
+        with pytest.raises(ValueError, match=words):
+            generate_doubled(model, contrast, input_ids=torch.tensor([[1, 5, 7], [2, 3, 4]]), attention_mask=mask,
+                             max_new_tokens=2, pad_token_id=0)
+    for instances, words in (
+        ([{"id": "a", "input": "x", "output": 4}], r"instance 1 \(a\) has output 4"),
+        ([{"id": "a", "input": "x", "output": "four"}], r"instance 1 \(a\) has output 'four'"),
+        ([{"id": "a", "input": "x"}], r"instance 1 \(a\) has output None"),
+        ([{"input": "x", "output": ["y"]}], "instance 1 has no string id"),
+    ):
+        folder = _task_folder(tmp_path, instances)
+        with pytest.raises(ValueError, match=f"t1.json: {words}"):
+            load_superni(SuperNIOptions(dir=str(folder), tasks="mine.txt"))
+    folder = _task_folder(tmp_path, [{"id": "a", "input": "x", "output": ["y"]}], definition=[])
+    with pytest.raises(ValueError, match="t1.json: the Definition is empty"):
+        load_superni(SuperNIOptions(dir=str(folder), tasks="mine.txt"))
+    (folder / "tasks" / "t1.json").write_text(json.dumps({"Definition": ["Add."], "Instances": []}))
+    with pytest.raises(ValueError, match="t1.json: no Categories"):
+        load_superni(SuperNIOptions(dir=str(folder), tasks="mine.txt"))

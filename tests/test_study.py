@@ -106,6 +106,7 @@ def test_demo_reports_differences_with_intervals(model_dir, tmp_path, capsys):
     for pair in ("ctd - od", "ctd - id", "id - od"):
         assert f"| {pair} |" in printed and f"- {pair}: " in printed and "sign test p = " in printed
     assert set(report["benchmarks"]["superni"]["methods"]) == {"od", "id", "ctd"}
+    assert "ctd rests on one prefix: its intervals cover the instances only" in printed
     for name in ("report.md", "report.json", "superni_categories.png"):
         assert (tmp_path / "demo" / "eval" / name).is_file()
     tuned_on = (tmp_path / "demo" / "data" / "superni.jsonl").read_text().splitlines()

@@ -289,8 +289,10 @@ def test_refusals(engine, hf, model_dir):
         half = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
         engine.decode(prompts, CTDMethod(prefix=torch.randn(4, model.config.hidden_size)).bind(half, tokenizer)
                       .contrast(), SamplingParams(max_tokens=4))
-    with pytest.raises(ValueError, match="more than the vllm engine's 256.*larger max_model_len"):
+    with pytest.raises(ValueError, match="more than the vllm engine's 256.*noisy prompt counts too.*larger max_model_len"):
         engine.decode(prompts, contrast, SamplingParams(max_tokens=250))
+    with pytest.raises(ValueError, match=r"memory=1e-09 \(--vllm-memory\) reserves 0 MiB.*less than the model's weights"):
+        VLLMEngine(model_dir, max_model_len=256, memory=1e-9)  # 0.3: vLLM's "reduce memory used by other processes"
     lora = get_peft_model(LlamaForCausalLM.from_pretrained(model_dir), LoraConfig(task_type=TaskType.CAUSAL_LM))
     with pytest.raises(NotImplementedError, match="LoRAContrast cannot run on vLLM.*hf engine"):
         engine.decode(prompts, LoRAContrast(lora), SamplingParams(max_tokens=4))
@@ -427,6 +429,23 @@ def test_synth_and_generate_on_vllm_equal_hf(model_dir, amateur_dir, tmp_path):
                 *(flag for message in MESSAGES for flag in ("--prompt", message["content"])))
     outputs = [run(*generate, *engine).stdout for engine in ((), vllm)]
     assert outputs[1] == outputs[0] and len(outputs[0].splitlines()) == len(MESSAGES)
+
+
+def test_the_seed_of_a_sampled_command_changes_its_samples(model_dir, tmp_path):
+    """0.3: `generate --engine vllm --do-sample --seed 0|1` sampled the same answers (building the engine reset the
+    global seed the command had set, and the requests' seeds were drawn from it)."""
+    vllm = ("--engine", "vllm", "--vllm-memory", str(MEMORY))
+
+    def sample(seed: int) -> str:
+        result = subprocess.run(cli("generate", "--model", str(model_dir), "--max-new-tokens", "12", "--do-sample",
+                                    "--seed", str(seed), *vllm,
+                                    *(flag for message in MESSAGES for flag in ("--prompt", message["content"]))),
+                                env=ENV, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout
+
+    first = sample(1)
+    assert sample(1) == first and sample(2) != first
 
 
 class V2Runner:

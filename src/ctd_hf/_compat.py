@@ -7,6 +7,8 @@ or are not public API. Everything else in ctd_hf finds objects by type and calls
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import sys
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -44,6 +46,22 @@ def decoding_loop(model: PreTrainedModel, generation_config: GenerationConfig) -
     if name not in ("_sample", "_beam_search"):
         return None
     return getattr(model, name)
+
+
+def calling_generate_streamer() -> Any | None:
+    """The ``streamer`` given to the ``generate()`` call that called the caller (a callable ``custom_generate``), or
+    None (none given, or not called by ``generate()``).
+
+    transformers (5.12 to 5.25) puts the prompt into ``generate()``'s streamer, then calls a callable
+    ``custom_generate`` with only its own keywords, so the streamer gets nothing more; there is no public way to hand
+    it over. This reads ``generate()``'s own local variable, from the frame that called the caller.
+    """
+    from transformers.generation.utils import GenerationMixin
+
+    frame = sys._getframe(2)
+    if frame.f_code is not inspect.unwrap(GenerationMixin.generate).__code__:
+        return None
+    return frame.f_locals.get("streamer")
 
 
 def adapter_layers_active(peft_model: Any) -> bool:

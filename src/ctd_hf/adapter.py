@@ -71,6 +71,9 @@ def check_adapter(model: PreTrainedModel, path: str | Path) -> PeftConfig:
         config = PeftConfig.from_pretrained(str(path))
     except (json.JSONDecodeError, TypeError, ValueError) as error:
         raise AdapterMismatchError(f"{config_file} is corrupt ({error}). Re-run `ctd-hf tune` to rewrite it.") from None
+    if config.peft_type is None:
+        raise AdapterMismatchError(f"{config_file} names no adapter type (no `peft_type`): it is not a saved peft "
+                                   "adapter's config. Re-run `ctd-hf tune` to rewrite it, or restore the file.")
     try:
         with safe_open(weights_file, framework="pt") as weights:
             shapes = {key: tuple(weights.get_slice(key).get_shape()) for key in weights.keys()}
@@ -151,6 +154,9 @@ def resolve_prefix(model: PreTrainedModel, prefix: str | Path | PeftModel | torc
         )
     if embeddings.shape[0] == 0:
         raise AdapterMismatchError("The prefix has no virtual tokens (shape (0, hidden)); use a tuned prefix.")
+    if embeddings.is_meta:
+        raise AdapterMismatchError("The prefix is on the meta device: it has a shape but no values (a model built "
+                                   "with init_empty_weights or device_map='meta'?). Load the prefix's weights first.")
     table = model.get_input_embeddings().weight  # where the prompts' embeddings are: the prefix goes beside them
     embeddings = embeddings.detach().to(device=table.device, dtype=table.dtype)
     if not torch.isfinite(embeddings).all():

@@ -11,8 +11,11 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Callable
+
+from .settings import setting
 
 
 def check_output_folder(path: str | Path) -> Path:
@@ -23,6 +26,12 @@ def check_output_folder(path: str | Path) -> Path:
     return path
 
 
+def restart_setting() -> Any:
+    """The ``restart`` field of a job's command (one declaration for every resumable job)."""
+    return setting(False, help="Start over: delete what the output folder holds (a run of this command, as its "
+                               "settings file shows) instead of resuming it or refusing other settings.")
+
+
 def check_resumable(
     folder: Path,
     settings_file: str,
@@ -30,24 +39,34 @@ def check_resumable(
     produced: bool = True,
     changes: Callable[[dict, dict], list[str]] | None = None,
     write: bool = True,
+    merge: Callable[[dict, dict], dict] | None = None,
+    restart: bool = False,
 ) -> None:
     """The resume guard every job shares: refuse to continue ``folder`` when it ``produced`` outputs under settings
-    (recorded in ``settings_file``) other than ``current``, so one folder never mixes two runs; then record
-    ``current`` (when ``write``: one process of a sharded job) before anything else is written.
+    (recorded in ``settings_file``) other than ``current``, so one folder never mixes two runs; then record the
+    settings (when ``write``: one process of a sharded job) before anything else is written.
 
     ``changes(previous, current)`` names what differs (default: each top-level key whose value differs).
+    ``merge(previous, current)`` is what is recorded when the folder already holds outputs (default: ``current``): a
+    job that may run a part of what the folder holds (fewer methods) keeps the settings of the rest, so that a later
+    run of them is checked against what was written. ``restart`` deletes what the folder holds (its files and folders,
+    once ``settings_file`` shows it is this job's folder) and starts over.
     """
     path = folder / settings_file
-    if produced and path.is_file():
-        previous = json.loads(path.read_text())
-        changed = (changes or _changed_keys)(previous, current)
-        if changed:
-            raise ValueError(f"{folder} holds a run with another model or settings, and other settings "
-                             f"({'; '.join(changed)}) cannot resume it: use a new output folder, or delete this one "
-                             "to start over.")
+    if restart and path.is_file():
+        if write:
+            for entry in folder.iterdir():
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        produced = False
+    previous = json.loads(path.read_text()) if produced and path.is_file() else None
+    changed = [] if previous is None else (changes or _changed_keys)(previous, current)
+    if changed:
+        raise ValueError(f"{folder} holds a run with another model or settings, and other settings "
+                         f"({'; '.join(changed)}) cannot resume it: use a new output folder, or start over in this one "
+                         "(--restart; in Python restart=True), which deletes what it holds.")
     if write:
         folder.mkdir(parents=True, exist_ok=True)
-        write_json(path, current)
+        write_json(path, current if previous is None or merge is None else merge(previous, current))
 
 
 def _changed_keys(previous: dict, current: dict) -> list[str]:

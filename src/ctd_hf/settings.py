@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 import typing
 import warnings
 from collections.abc import Callable, Sequence
@@ -65,6 +66,18 @@ def check_value(name: str, value: Any, check: Check | None = None, choices: Sequ
         raise SettingError(name, str(error)) from None
 
 
+def setting_kind(hint: Any) -> tuple[Any, bool]:
+    """The element type of a setting's annotation and whether it is a tuple of them (``X | None`` counts as
+    ``X``)."""
+    args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    if typing.get_origin(hint) is tuple:
+        return args[0], True
+    if args and typing.get_origin(hint) is not None:  # a union: its first type (a tuple only if alone beside None)
+        kind, many = setting_kind(args[0])
+        return kind, many and len(args) == 1
+    return hint, False
+
+
 def check_settings(settings: Any) -> None:
     """Check every declared field of the dataclass ``settings`` in place, frozen or not (a ``None`` default may stay
     ``None``; the values of a tuple field are checked one by one, and there must be at least one)."""
@@ -74,7 +87,7 @@ def check_settings(settings: Any) -> None:
         value = getattr(settings, field.name)
         if (check is None and not choices) or (value is None and field.default is None):
             continue
-        if typing.get_origin(hints[field.name]) is tuple:
+        if setting_kind(hints[field.name])[1]:
             values = tuple(value) if isinstance(value, (list, tuple)) else (value,)
             if not values:
                 raise SettingError(field.name, "must hold at least one value.")
@@ -116,7 +129,10 @@ def positive_int(value: Any) -> int:
 
 
 def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """``value`` as a float: a Python, numpy or one-element (0-d) torch/numpy number; bools are refused."""
+    if getattr(value, "ndim", None) == 0 and callable(getattr(value, "item", None)):  # a 0-d tensor or array
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"must be a number, got {value!r}.")
     return float(value)
 
@@ -126,6 +142,19 @@ def positive_number(value: Any) -> float:
     number = _number(value)
     if not (math.isfinite(number) and number > 0):
         raise ValueError(f"must be a finite number > 0, got {value!r}.")
+    return number
+
+
+MIN_TEMPERATURE = 1e-6
+
+
+def sampling_temperature(value: Any) -> float:
+    """A temperature: a finite number >= :data:`MIN_TEMPERATURE` (scores divided by less can overflow to inf; so
+    cold a temperature is greedy decoding in all but name)."""
+    number = positive_number(value)
+    if number < MIN_TEMPERATURE:
+        raise ValueError(f"must be at least {MIN_TEMPERATURE:g}, got {value!r}: dividing the scores by less can "
+                         "overflow them. Raise it (greedy decoding, without sampling, is where a colder one leads).")
     return number
 
 

@@ -1,7 +1,8 @@
 """Where data comes from: one reader for every job that takes a data source (SFT data, benchmark tasks).
 
-A source is a JSON/JSONL file (gzip allowed; read here, with errors naming the file and line), a folder written by
-``datasets``' ``save_to_disk``, a ``datasets.Dataset``/``DatasetDict``, or a dataset name on the Hub.
+A source is a JSON/JSONL file (gzip allowed; read here, with errors naming the file and line), a Python list of
+records, a folder written by ``datasets``' ``save_to_disk``, a ``datasets.Dataset``/``DatasetDict``, or a dataset name
+on the Hub.
 """
 
 from __future__ import annotations
@@ -16,13 +17,20 @@ from .records import load_json_records
 
 
 def read_source(
-    source: str | Path | datasets.Dataset | datasets.DatasetDict,
+    source: str | Path | list | datasets.Dataset | datasets.DatasetDict,
     split: str,
     check: Callable[[Any], None] | None = None,
 ) -> list[Any] | datasets.Dataset:
-    """The records of ``source``: a list from a file (each record passed to ``check``, which may raise
-    ``ValueError``), else a ``datasets.Dataset`` (``split`` picks the split of a folder, a ``DatasetDict`` or a Hub
-    dataset; checking its rows is the caller's, which knows what they should hold)."""
+    """The records of ``source``: a list from a file or a Python list (each record passed to ``check``, which may
+    raise ``ValueError``), else a ``datasets.Dataset`` (``split`` picks the split of a folder, a ``DatasetDict`` or a
+    Hub dataset; checking its rows is the caller's, which knows what they should hold)."""
+    if isinstance(source, list):
+        for number, record in enumerate(source, start=1):
+            try:
+                (check or (lambda _: None))(record)
+            except ValueError as error:
+                raise ValueError(f"Record {number} of the list: {error}") from None
+        return source
     if isinstance(source, datasets.DatasetDict):
         if split not in source:
             raise ValueError(f"The data has splits {sorted(source)}, not {split!r}: choose one with `split`.")

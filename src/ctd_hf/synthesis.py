@@ -107,6 +107,7 @@ def synthesize(
     rank: int | None = None,
     world_size: int | None = None,
     engine: Engine | None = None,
+    restart: bool = False,
 ) -> datasets.Dataset | None:
     """Answer ``instructions`` with ``method`` on ``expert`` and write the dataset to ``output_dir`` (resumable).
 
@@ -114,7 +115,8 @@ def synthesize(
     as ``output_plain``. ``rank``/``world_size`` default to accelerate's ``PartialState`` (``accelerate launch`` or
     ``torchrun``); separate jobs may pass them instead, and a final ``world_size=1`` run then merges. Sampling is
     seeded with ``seed + rank``. ``engine`` decodes instead of ``model.generate()`` (a
-    :class:`ctd_hf.integrations.vllm.VLLMEngine`); the folder's config records which.
+    :class:`ctd_hf.integrations.vllm.VLLMEngine`); the folder's config records which. ``restart`` deletes a run of
+    other settings in ``output_dir`` instead of refusing it.
 
     Returns the merged dataset on the process that merges (rank 0, once every instruction is answered), else None.
     """
@@ -151,7 +153,9 @@ def synthesize(
     }
     config = json.loads(json.dumps(config, default=str))
     check_resumable(output_dir, CONFIG_NAME, {**config, "complete": False}, changes=_generation_changes,
-                    write=rank == 0 and not (output_dir / CONFIG_NAME).is_file())
+                    write=rank == 0 and (restart or not (output_dir / CONFIG_NAME).is_file()), restart=restart)
+    if state.num_processes > 1:
+        state.wait_for_everyone()  # a restart's deletion is done before any process reads the shards
 
     shard = output_dir / f"shard-{rank:05d}-of-{world_size:05d}.jsonl"
     read_records(shard, repair=True)
@@ -204,9 +208,12 @@ def _answered(output_dir: Path, records: list[dict]) -> dict[int, dict]:
             source = by_key.get(row["key"])
             if source is None or row["key"] in answered:
                 continue  # beyond `limit` this time, or a duplicate (kept once)
-            if row.get("instruction") != source["instruction"] or (row.get("input") or "") != source["input"]:
-                raise ValueError(f"{path} answers instruction {row['key']} as {row.get('instruction')!r}, but the "
-                                 f"instructions now have {source['instruction']!r} there: use a new output folder.")
+            was = {"instruction": row.get("instruction"), "input": row.get("input") or ""}
+            changed = [f"{field} {was[field]!r} -> {source[field]!r}" for field in was if was[field] != source[field]]
+            if changed:
+                raise ValueError(f"{path} answers instruction {row['key']}, whose {'; '.join(changed)} changed in the "
+                                 "instructions since: use a new output folder, or start over in this one (--restart; "
+                                 "in Python restart=True).")
             answered[row["key"]] = row
     return answered
 

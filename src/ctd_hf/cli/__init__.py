@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from .._version import __version__
 from ..settings import SettingError
@@ -23,10 +23,33 @@ SUBCOMMANDS = (demo, tune, generate, eval_command, synth, sweep, export_hub, ser
 class Parser(argparse.ArgumentParser):
     """argparse's parser (subcommands inherit it), with the fix named where argparse's message hides it."""
 
+    def parse_args(self, args: list[str] | None = None, namespace: argparse.Namespace | None = None) -> Any:
+        self._argv = list(sys.argv[1:] if args is None else args)  # for error(): what was typed before a bad token
+        return super().parse_args(args, namespace)
+
     def error(self, message: str) -> NoReturn:
         if message.endswith("expected one argument"):  # e.g. `--lr -1,0.01`: argparse took the value for a flag
             message += " (a value that starts with '-' is written with '=': --flag=-1)"
+        elif "ignored explicit argument" in message:  # e.g. `--bf16=false`
+            message += " (this flag is a switch and takes no value: give it alone, or leave it out)"
+        elif message.startswith("unrecognized arguments:"):  # e.g. `--no-token-changes false`
+            argv, switches = getattr(self, "_argv", []), _switches(self)
+            given = [flag for flag, value in zip(argv, argv[1:]) if flag in switches and value in message.split()[2:]]
+            if given:
+                message += f" ({given[0]} is a switch and takes no value: give it alone, or leave it out)"
         super().error(message)
+
+
+def _switches(parser: argparse.ArgumentParser) -> set[str]:
+    """The option strings of every flag that takes no value, in ``parser`` and its subcommands."""
+    switches = set()
+    for action in parser._actions:  # argparse offers no public list of a parser's arguments
+        if action.option_strings and action.nargs == 0:
+            switches.update(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                switches |= _switches(subparser)
+    return switches
 
 
 def build_parser() -> argparse.ArgumentParser:

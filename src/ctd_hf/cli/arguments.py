@@ -63,8 +63,8 @@ class EngineArguments:
             return load_model_and_tokenizer(name, dtype=dtype, device=device)
         return load_skeleton(name, dtype=dtype)
 
-    def build(self, model: PreTrainedModel) -> Engine:
-        """The engine for ``model`` (its folder and dtype)."""
+    def build(self, model: PreTrainedModel, seed: int = 0) -> Engine:
+        """The engine for ``model`` (its folder and dtype); ``seed`` is the job's (vLLM seeds its samples with it)."""
         if self.engine == "hf":
             return TransformersEngine()
         if process_state().num_processes > 1:
@@ -72,7 +72,7 @@ class EngineArguments:
                              "without accelerate launch, or shard with separate jobs.")
         from ..integrations.vllm import VLLMEngine  # imports vLLM: only when asked for
 
-        return VLLMEngine(model, **self.vllm_options())
+        return VLLMEngine(model, seed=seed, **self.vllm_options())
 
     def vllm_options(self) -> dict[str, Any]:
         """The vLLM engine's options these flags give (what VLLMEngine and ctd-hf serve take)."""
@@ -124,7 +124,7 @@ def check_method_arguments(args: argparse.Namespace, names: list[str]) -> None:
         users = [cls.name for cls, _ in owners]
         if flag in given and not set(users) & set(names):
             raise ValueError(f"{flag} is a setting of method {'/'.join(users)}, which is not run here (methods: "
-                             f"{', '.join(names)}).")
+                             f"{', '.join(names)}): choose that method (--method/--methods), or leave {flag} out.")
         for cls, field in owners:
             if cls.name in names and field.metadata.get("needed") and flag not in given:
                 raise ValueError(f"Method {cls.name} needs {flag} ({field.metadata['needed']}).")
@@ -133,6 +133,17 @@ def check_method_arguments(args: argparse.Namespace, names: list[str]) -> None:
 def given_method_flag(args: argparse.Namespace, flag: str) -> bool:
     """Whether the method flag ``flag`` (e.g. ``--prefix``) was given."""
     return _dest(flag) in vars(args)
+
+
+def method_field(name: str, flag: str) -> str | None:
+    """The field of method ``name`` that the method flag ``flag`` sets (``--prefix``: ctd's prefix, ctd-lora's
+    adapter), or None."""
+    return next((field.name for cls, field in _method_flags().get(flag, []) if cls.name == name), None)
+
+
+def method_flag_value(args: argparse.Namespace, flag: str) -> Any:
+    """The value given to the method flag ``flag`` (given: see :func:`given_method_flag`)."""
+    return vars(args)[_dest(flag)]
 
 
 def method_from_flags(args: argparse.Namespace, name: str, **overrides: Any) -> DecodingMethod:

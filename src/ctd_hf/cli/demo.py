@@ -4,11 +4,13 @@ differences with their 95% intervals."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..settings import output_folder, setting
 from ..study.demo import FULL, QUICK, run_demo, summary
+from ..training.tuning import seeds_setting
 from .arguments import ModelArguments
 from .flags import add_flags
 
@@ -21,6 +23,7 @@ class DemoCommand:
     prefix: str | None = setting(None, help="Reuse a prefix folder (written by `ctd-hf tune`) instead of tuning one.")
     quick: bool = setting(False, help="A small run that shows the pipeline (a few minutes); too small to answer the "
                                       "question.")
+    seeds: tuple[int, ...] | None = seeds_setting()
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -34,6 +37,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     output_dir = args.output_dir or ("runs/demo-quick" if args.quick else "runs/demo")
-    report = run_demo(output_dir, QUICK if args.quick else FULL, args.prefix, args.model)
+    settings = QUICK if args.quick else FULL
+    if args.seeds:
+        settings = dataclasses.replace(settings, seeds=args.seeds)
+    report = run_demo(output_dir, settings, args.prefix, args.model)
     print(summary(report, Path(output_dir, "eval")))
     return report

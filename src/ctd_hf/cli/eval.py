@@ -4,23 +4,32 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import transformers
 
+from ..decoding.methods import METHODS
 from ..evaluation.runner import EvalSettings, run_evaluation
+from ..evaluation.seeds import seed_label
 from ..evaluation.tasks import get_task, task_names
 from ..models import model_id
+from ..records import restart_setting
 from ..settings import check_settings, contrast_strength, output_folder, setting
-from .arguments import EngineArguments, ModelArguments, add_method_flags, check_method_arguments, method_from_flags
+from ..training.tuning import seed_prefixes
+from .arguments import (EngineArguments, ModelArguments, add_method_flags, check_method_arguments, given_method_flag,
+                        method_field, method_flag_value, method_from_flags)
 from .flags import add_flags, values
 
 
 def method_spec(spec: str) -> str:
     """Check of a ``--methods`` item: ``name`` or ``name@strength``."""
     name, at, value = spec.partition("@")
+    if at and name in METHODS and "strength" not in {field.name for field in dataclasses.fields(METHODS[name])}:
+        raise ValueError(f"{spec}: method {name} has no strength to set with @ (it decodes without a contrast); "
+                         f"write {name}")
     if at:
         try:
             contrast_strength(float(value))
@@ -36,6 +45,7 @@ class EvalCommand:
         "Comma-separated: od, id, cd, ctd; `name@strength` runs a method at another strength (e.g. "
         "ctd@0.1,ctd@0.3,ctd@0.5 evaluates three betas of one prefix in one run)."))
     seed: int = setting(0, help="Seeds sampling and ID's noise.")
+    restart: bool = restart_setting()
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -81,11 +91,19 @@ def run(args: argparse.Namespace) -> dict | None:
     for name in settings.benchmarks:  # refuse task options that do not fit together before any model loads
         settings.task_options(get_task(name))
     transformers.set_seed(command.seed)
-    methods = {label: method_from_flags(args, name, **({} if value is None else {"strength": value}))
-               for label, (name, value) in specs.items()}
+    prefixes = seed_prefixes(method_flag_value(args, "--prefix")) if given_method_flag(args, "--prefix") else [None]
+    methods = {}
+    for label, (name, value) in specs.items():
+        overrides = {} if value is None else {"strength": value}
+        field = method_field(name, "--prefix")
+        if field is None or len(prefixes) == 1:
+            methods[label] = method_from_flags(args, name, **overrides, **({field: prefixes[0]} if field else {}))
+        else:  # one run per prefix (tuning seed), reported as one method with intervals over seeds and instances
+            methods.update({seed_label(label, index): method_from_flags(args, name, **overrides, **{field: prefix})
+                            for index, prefix in enumerate(prefixes)})
     model, tokenizer = engine_arguments.load(args.model, args.dtype)
     report = run_evaluation(model, tokenizer, methods, settings, args.output_dir, model_id(model), command.seed,
-                            engine_arguments.build(model))
+                            engine_arguments.build(model, command.seed), restart=command.restart)
     if report is not None:
         print(Path(args.output_dir, "report.md").read_text())
     return report

@@ -18,19 +18,9 @@ import typing
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..settings import SettingError, check_value
+from ..settings import SettingError, check_value, setting_kind
 
 Flags = dict[str, str]  # parameter (dest) -> the flag that sets it, for error messages
-
-
-def _kind(hint: Any) -> tuple[Any, bool]:
-    """The element type of an annotation and whether it is a tuple of them (``X | None`` counts as ``X``)."""
-    args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-    if typing.get_origin(hint) is tuple:
-        return args[0], True
-    if args and typing.get_origin(hint) is not None:
-        return _kind(args[0])[0], False
-    return hint, False
 
 
 def _parser(name: str, kind: type, many: bool, check: Callable | None, choices: Any) -> Callable[[str], Any]:
@@ -110,7 +100,7 @@ def add_field_flag(
     """One field's flag (``spellings``) storing into ``dest``: typed from ``hint``, with the field's help (or
     ``help_text``), choices and check."""
     meta = field.metadata
-    kind, many = _kind(hint)
+    kind, many = setting_kind(hint)
     kind = meta.get("flag_type", kind)
     check, choices = meta.get("check"), meta.get("choices")
     declared = _default(field)

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     transformers.set_seed(command.seed)
     model, tokenizer = engine_arguments.load(args.model, args.dtype)
     bound = method.bind(model, tokenizer)
-    engine = engine_arguments.build(model)
+    engine = engine_arguments.build(model, command.seed)
     check_prompt_lengths(bound, messages, command.prompt_format, generation.max_new_tokens,
                          fix=f"shorten it or lower {args.flags['max_new_tokens']}", engine=engine)
     records, sink = [], open(output, "w") if output else sys.stdout

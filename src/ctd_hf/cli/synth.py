@@ -13,6 +13,7 @@ import datasets
 from ..decoding.answers import GenerationSettings
 from ..decoding.methods import method_class
 from ..distributed import process_state
+from ..records import restart_setting
 from ..settings import output_folder, setting
 from ..synthesis import SynthSettings, load_instructions, synthesize
 from .arguments import (EngineArguments, ModelArguments, add_method_flags, check_method_arguments, given_method_flag,
@@ -30,6 +31,7 @@ class SynthCommand:
     method: str | None = setting(None, check=lambda name: method_class(name).name, help=(
         "A registered method (default: cd, CoDIT's, with --amateur the expert's pre-trained base model; ctd with "
         "--prefix)."))
+    restart: bool = restart_setting()
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -56,8 +58,9 @@ def run(args: argparse.Namespace) -> datasets.Dataset | None:
     method = method_from_flags(args, name)
     load_instructions(args.instructions, settings.limit)  # a bad file is refused before the model loads
     expert, tokenizer = engine_arguments.load(args.model, args.dtype, process_state().device)
-    engine = engine_arguments.build(expert)
-    dataset = synthesize(expert, tokenizer, args.instructions, args.output_dir, method, settings, engine=engine)
+    engine = engine_arguments.build(expert, settings.seed)
+    dataset = synthesize(expert, tokenizer, args.instructions, args.output_dir, method, settings, engine=engine,
+                         restart=args.restart)
     if dataset is not None:
         logger.info("Wrote %d examples to %s and %s", len(dataset), Path(args.output_dir, "data.jsonl"),
                     Path(args.output_dir, "dataset"))

@@ -10,7 +10,7 @@ import torch
 from transformers import BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..prompts import encode_prompt, format_prompt
-from ..settings import check_settings, positive_int, positive_number, setting, unit_interval
+from ..settings import check_settings, positive_int, sampling_temperature, setting, unit_interval
 from .engine import Engine, TransformersEngine
 from .layout import check_positions, pad_left
 from .methods import BoundMethod, DecodingMethod, ODMethod
@@ -23,7 +23,7 @@ class GenerationSettings:
 
     max_new_tokens: int = setting(128, check=positive_int, help="New tokens per answer.")
     do_sample: bool = setting(False, help="Sample (temperature, top-k, top-p) instead of greedy decoding.")
-    temperature: float = setting(1.0, check=positive_number, help="Sampling temperature.")
+    temperature: float = setting(1.0, check=sampling_temperature, help="Sampling temperature.")
     top_k: int = setting(50, check=positive_int, help="Sampling: keep the k most likely tokens.")
     top_p: float = setting(1.0, check=unit_interval, help="Sampling: keep the smallest set with this probability.")
     num_beams: int = setting(1, check=positive_int, help="Beam search with this many beams (1: none).")

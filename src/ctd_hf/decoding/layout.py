@@ -9,15 +9,25 @@ from transformers import BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
 
 
 def check_left_padded(attention_mask: torch.Tensor) -> None:
-    """Refuse masks that are not left-padded (zeros, then ones) or rows without any token."""
+    """Refuse masks that are not of 0s and 1s, not left-padded (zeros, then ones), or rows without any token."""
     if attention_mask.ndim != 2:
         raise ValueError(
             f"Contrastive decoding needs the 2D attention mask, got {attention_mask.ndim}D. It supports decoder-only "
             "models with the default dynamic cache (a static or compiled cache turns the mask 4D)."
         )
+    if attention_mask.is_floating_point() or attention_mask.is_complex() or \
+            ((attention_mask != 0) & (attention_mask != 1)).any():
+        raise ValueError(f"The attention mask must hold integer or bool 0s and 1s (the tokenizer's), got dtype "
+                         f"{attention_mask.dtype}: pass the tokenizer's mask, or mask.long() of a 0/1 mask.")
     if (attention_mask.sum(dim=1) == 0).any():
         raise ValueError("A prompt in the batch is empty (its attention mask has no ones); remove it.")
-    if (attention_mask[:, 1:] < attention_mask[:, :-1]).any():
+    ones = attention_mask.long()
+    rises = (ones[:, 1:] > ones[:, :-1]).sum(dim=1) + ones[:, 0]  # runs of ones in each row
+    if (rises > 1).any():
+        row = int((rises > 1).nonzero()[0])
+        raise ValueError(f"Row {row} of the attention mask has a hole (a 0 between 1s): each row is one prompt, "
+                         "padded on the left only. Remove the hole (pad each prompt as the tokenizer does).")
+    if (ones[:, 1:] < ones[:, :-1]).any():
         raise ValueError(
             "The batch is right-padded, but generation continues each row at its end: pad on the left "
             "(tokenizer(..., padding_side='left')) so that every row ends with its last prompt token."

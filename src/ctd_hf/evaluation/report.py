@@ -10,6 +10,7 @@ from .._version import __version__
 from ..plots import token_change_histograms
 from ..records import write_json, write_text
 from .analysis import BINS, token_changes
+from .seeds import replicate_groups
 from .statistics import RESAMPLES, task_statistics
 from .tasks import ScoreContext, get_task
 
@@ -37,7 +38,8 @@ def build_report(
 
     Tasks with per-instance scores also get ``result["statistics"]`` (:func:`~.statistics.task_statistics`: bootstrap
     intervals, paired tests between methods, per-group sign tests) from ``resamples`` resamples seeded with
-    ``bootstrap_seed``.
+    ``bootstrap_seed``. Labels ``name#k`` are the seeds of method ``name`` (:mod:`~.seeds`): one method in the
+    tables, from the two-level bootstrap in the statistics.
     """
     output_dir = Path(output_dir)
     report: dict[str, Any] = {"settings": {**run_settings, "versions": _versions()},
@@ -52,10 +54,11 @@ def build_report(
                                  "run the evaluation to completion first.")
         records = {method: [found[i["id"]] for i in items] for method, found in predictions.items()}
         answers = {method: [r["prediction"] for r in rows] for method, rows in records.items()}
-        result, scores = task.evaluate(items, answers, context)
+        replicates = replicate_groups(answers)
+        result, scores = task.evaluate(items, answers, context, replicates)
         if scores is not None:
             result["statistics"] = task_statistics(scores, [i["group"] for i in items], task.primary_metric,
-                                                   resamples=resamples, seed=bootstrap_seed)
+                                                   replicates=replicates, resamples=resamples, seed=bootstrap_seed)
         changes = {method: token_changes(rows) for method, rows in records.items()
                    if any("original" in r for r in rows)}
         if changes:
@@ -123,6 +126,12 @@ def statistics_markdown(name: str, statistics: dict) -> list[str]:
         cells = [f"{v['mean']:.2f} [{v['low']:.2f}, {v['high']:.2f}]" for v in (values[k] for k in metrics)]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines.append("")
+    for method, labels in statistics.get("replicates", {}).items():
+        seeds = statistics["methods"][method][primary]
+        spread = "" if seeds["seed_sd"] is None else f"; between-seed SD {seeds['seed_sd']:.2f}"
+        lines += [f"{method} is the mean of {len(labels)} prefixes (one per tuning seed: "
+                  f"{', '.join(labels)}), {primary} {', '.join(f'{v:.2f}' for v in seeds['seeds'])}{spread}; its "
+                  "intervals and differences are from the two-level bootstrap (seeds, then instances).", ""]
     if not statistics["pairs"]:
         return lines
     lines += [f"Paired differences a - b over the same instances, with {level} paired-bootstrap intervals and "
@@ -133,6 +142,10 @@ def statistics_markdown(name: str, statistics: dict) -> list[str]:
         for metric, d in values["differences"].items():
             lines.append(f"- {pair} = {d['difference']:+.2f} {metric} [{d['low']:+.2f}, {d['high']:+.2f}], "
                          f"p = {d['p_value']:.2g}: {verdict(a, b, d['low'], d['high'])}.")
+        if "variance" in values:
+            v = values["variance"]
+            lines.append(f"- {pair}: standard error from the {v['seeds']} prefixes {v['seed_se']:.2f}, from the "
+                         f"instances {v['instance_se']:.2f} ({v['metric']}): the {v['dominant']} dominate.")
         g = values["by_group"]
         sign = ("no sign test (fewer than 2 groups)" if g["sign_test_p"] is None
                 else f"sign test p = {g['sign_test_p']:.2g}")

@@ -9,6 +9,7 @@ items whose index is ``r`` modulo the number of processes. Scoring and reports
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,7 +122,14 @@ def predict(
     folder = Path(output_dir) / "predictions" / task.name / name
     path = folder / f"rank-{state.process_index}.jsonl"
     read_records(path, repair=True)
-    done = {record["id"] for shard in folder.glob("rank-*.jsonl") for record in read_records(shard)}
+    written = {record["id"]: record for shard in folder.glob("rank-*.jsonl") for record in read_records(shard)}
+    for item in items:  # a prediction counts only for the prompt and references it was made for
+        record = written.get(item["id"])
+        if record is not None and record.get("item_sha256", item["sha256"]) != item["sha256"]:
+            raise ValueError(f"{task.name} item {item['id']} has another prompt or references than when its {name} "
+                             f"prediction in {folder} was written (the task's data changed): use a new output "
+                             "folder, or start over in this one (--restart; in Python restart=True).")
+    done = set(written)
     mine = [item for index, item in enumerate(items) if index % state.num_processes == state.process_index]
     todo = [item for item in mine if item["id"] not in done]
     if task.truncate_input:
@@ -140,7 +148,7 @@ def predict(
         batch = todo[start : start + settings.batch_size]
         messages = [item["message"] for item in batch]
         if task.scoring == "choice":
-            records = [{"id": item["id"], "prediction": choice}
+            records = [{"id": item["id"], "item_sha256": item["sha256"], "prediction": choice}
                        for item, choice in zip(batch, _choose(method, messages, task.choices, settings.prompt_format))]
         else:
             record = OriginalPredictions() if record_original else None
@@ -149,7 +157,8 @@ def predict(
                 max_new_tokens=settings.new_tokens(task), do_sample=False)
             chosen = output[:, prompt_length:]
             answers = tokenizer.batch_decode(chosen, skip_special_tokens=True)
-            records = [{"id": item["id"], "prediction": answer.strip()} for item, answer in zip(batch, answers)]
+            records = [{"id": item["id"], "item_sha256": item["sha256"], "prediction": answer.strip()}
+                       for item, answer in zip(batch, answers)]
             if record is not None:
                 for prediction, changes in zip(records, record.rows(chosen, eos_ids)):
                     prediction.update(changes)
@@ -187,11 +196,19 @@ def _prompts_that_fit(
     task: Task, settings: EvalSettings, tokenizer: PreTrainedTokenizerBase, methods: dict[str, BoundMethod],
     engine: Engine,
 ) -> list[dict]:
-    """The task's items, refusing (before any answer is written) one whose prompt, cut to the source budget, cannot
-    fit the engine's positions with the answer and a method's prefix."""
+    """The task's items, each with the fingerprint of its prompt and references (``sha256``), refusing (before any
+    answer is written) two items of one id, and one whose prompt, cut to the source budget, cannot fit the engine's
+    positions with the answer and a method's prefix."""
     items = task.load(settings.task_options(task))
     if not items:
         raise ValueError(f"Task {task.name} gave no item with these options: nothing to evaluate.")
+    seen: set[str] = set()
+    for item in items:
+        if item["id"] in seen:
+            raise ValueError(f"Task {task.name} has two items with id {item['id']!r}: predictions are kept by id, so "
+                             "one would answer both. Give every instance its own id.")
+        seen.add(item["id"])
+    items = [{**item, "sha256": item_fingerprint(item)} for item in items]
     messages = [truncate_message(i["message"], tokenizer, settings.max_source_tokens) if task.truncate_input
                 else i["message"] for i in items]
     longest = max(methods.values(), key=lambda method: method.prefix_length)
@@ -210,12 +227,15 @@ def run_evaluation(
     model_name: str,
     seed: int = 0,
     engine: Engine | None = None,
+    restart: bool = False,
 ) -> dict | None:
     """Run every method (label -> spec) on every task (resuming written predictions), then score and report.
 
     Under ``accelerate launch`` every process predicts its share and the main process writes the report and
     returns it (the others return None). ``engine`` decodes instead of ``model.generate()`` (e.g. a
-    :class:`ctd_hf.integrations.vllm.VLLMEngine`; generation tasks only); the resume key records which.
+    :class:`ctd_hf.integrations.vllm.VLLMEngine`; generation tasks only); the resume key records which. A folder
+    written with other settings (for a method, a task option, the model) is refused, or emptied first with
+    ``restart``; each prediction records a fingerprint of its item, and one whose item changed since is refused.
     """
     engine = engine or TransformersEngine()
     state = process_state()
@@ -238,7 +258,8 @@ def run_evaluation(
     items = {task.name: _prompts_that_fit(task, settings, tokenizer, bound, engine) for task in tasks}
     check_resumable(Path(output_dir), "eval_settings.json", current,
                     changes=lambda previous, new: _evaluation_changes(previous, new, tasks),
-                    write=state.is_main_process)
+                    write=state.is_main_process, merge=_kept_settings, restart=restart)
+    state.wait_for_everyone()  # a restart's deletion is done before any process reads the predictions
     for task in tasks:
         for name, method in bound.items():
             predict(name, method, task, items[task.name], settings, output_dir, engine)
@@ -249,9 +270,26 @@ def run_evaluation(
     return build_report(output_dir, results, current, model_name)
 
 
+def item_fingerprint(item: dict) -> str:
+    """SHA-256 of what an item asks and how it is scored (its message and references)."""
+    content = json.dumps({"message": item["message"], "references": item.get("references")}, sort_keys=True,
+                         ensure_ascii=False, default=str)
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
+def _kept_settings(previous: dict, current: dict) -> dict:
+    """What the folder's settings file records after this run: this run's settings, and those of the methods and
+    tasks earlier runs wrote that this one did not run, so that a later run of them is checked against them."""
+    options = {**previous["eval"]["options"], **current["eval"]["options"]}
+    return {**current, "methods": {**previous["methods"], **current["methods"]},
+            "eval": {**current["eval"], "options": options}}
+
+
 def _resume_key(values: dict, tasks: list[Task]) -> dict:
-    """``run_settings`` without what only selects items (the tasks run, their limits): a resumed run may change it."""
-    selecting = {t.name: {f.name for f in dataclasses.fields(t.options) if f.metadata.get("selects")} for t in tasks}
+    """``run_settings`` without what only selects items (the tasks run, their limits) or only scores them
+    (``answers=False``): a resumed run may change it."""
+    selecting = {t.name: {f.name for f in dataclasses.fields(t.options)
+                          if f.metadata.get("selects") or not f.metadata.get("answers", True)} for t in tasks}
     options = {name: {k: v for k, v in fields.items() if k not in selecting.get(name, ())}
                for name, fields in values["eval"]["options"].items()}
     return {**{k: v for k, v in values["eval"].items() if k not in ("benchmarks", "options")}, "options": options}
@@ -273,9 +311,11 @@ def _evaluation_changes(previous: dict, current: dict, tasks: list[Task]) -> lis
         old, new = previous["model"], current["model"]
         return [f"another model: {old['name']}, {old['dtype']}, weights {old['fingerprint'][:12]}; now {new['name']}, "
                 f"{new['dtype']}, weights {new['fingerprint'][:12]}"]
-    shared = set(previous["methods"]) & set(current["methods"])
-    changed = [f"method {n}" for n in sorted(shared)
-               if _answer_key(previous["methods"][n]) != _answer_key(current["methods"][n])]
+    changed = []
+    for label in sorted(set(previous["methods"]) & set(current["methods"])):
+        old, new = _answer_key(previous["methods"][label]), _answer_key(current["methods"][label])
+        changed += [f"{label}'s {key} ({old.get(key)!r} -> {new.get(key)!r})" for key in sorted({*old, *new})
+                    if old.get(key) != new.get(key)]
     old, new = _resume_key(previous, tasks), _resume_key(current, tasks)
     changed += [key for key, value in new.items() if key != "options" and old.get(key) != value]
     return changed + [f"{name} options" for name, value in new["options"].items()

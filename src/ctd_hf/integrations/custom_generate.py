@@ -12,13 +12,14 @@ state and runs the loop ``generate()`` would have run (greedy/sampling or beam s
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 from transformers import DynamicCache, GenerationConfig, LogitsProcessorList, PreTrainedModel, StoppingCriteriaList
 from transformers.generation import BaseStreamer
 
-from .._compat import cache_keyword, decoding_loop
+from .._compat import cache_keyword, calling_generate_streamer, decoding_loop
 from ..decoding.contrasts import Contrast
 from ..decoding.doubled import DoubledBatch, DoubledCache, check_doubled, with_contrast
 from ..decoding.stream import ContrastProcessor
@@ -46,8 +47,9 @@ def custom_generate(
     ``generate()`` builds and yours in ``logits_processor``, before the sampling warpers. Under greedy decoding the
     tokens equal ``generate_doubled``'s and the stream executor's.
 
-    ``generate()`` does not hand a callable ``custom_generate`` its ``streamer`` argument (transformers keeps only
-    the callable's own keywords), so a streamer that should receive the tokens is passed as ``token_streamer=``.
+    ``generate(streamer=...)`` works as with any decoding loop: the streamer gets the prompt, each new token and the
+    end (transformers does not hand a callable ``custom_generate`` its ``streamer`` argument; this function finds it
+    in the ``generate()`` call that runs it). ``token_streamer=`` is the deprecated way to pass one.
 
     Example:
         >>> import torch
@@ -81,9 +83,17 @@ def custom_generate(
         raise ValueError(f"custom_generate runs greedy decoding, sampling and beam search; generate() asked for "
                          f"{generation_config.get_generation_mode().value}. Drop the options that select it "
                          "(penalty_alpha, num_beam_groups, constraints, dola_layers, assistant_model...).")
-    if token_streamer is not None and generation_config.num_beams > 1:
-        raise ValueError("A streamer receives one sequence per prompt; beam search keeps several: drop "
-                         "token_streamer or num_beams.")
+    streamer = calling_generate_streamer()  # generate() has put the prompt into it
+    if token_streamer is not None:
+        warnings.warn("custom_generate's `token_streamer` is deprecated: pass `streamer=` to generate(), which now "
+                      "reaches custom_generate.", FutureWarning, stacklevel=2)
+        if streamer is not None:
+            raise ValueError("Pass one streamer: generate(streamer=...) (token_streamer is its deprecated name).")
+        streamer = token_streamer
+        streamer.put(input_ids.cpu())  # what generate() does with its own streamer before the loop
+    if streamer is not None and generation_config.num_beams > 1:
+        raise ValueError("A streamer receives one sequence per prompt; beam search keeps several: drop the streamer "
+                         "or num_beams.")
     cache_name = cache_keyword(model_kwargs)
     if backend == "doubled":
         cache = model_kwargs.get(cache_name)
@@ -91,9 +101,8 @@ def custom_generate(
         asked = {"inputs_embeds": model_kwargs.get("inputs_embeds"), cache_name: None if fresh else cache}
         check_doubled(model, contrast, input_ids, asked, generation_config, record)
     arguments = dict(stopping_criteria=stopping_criteria, generation_config=generation_config, **model_kwargs)
-    if token_streamer is not None:
-        token_streamer.put(input_ids.cpu())  # what generate() does with its own streamer before the loop
-        arguments["streamer"] = token_streamer
+    if streamer is not None:
+        arguments["streamer"] = streamer
     if backend == "stream":
         with ContrastProcessor(contrast, record) as processor:
             return loop(input_ids, logits_processor=with_contrast(logits_processor, processor), **arguments)

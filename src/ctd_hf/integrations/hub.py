@@ -10,13 +10,15 @@ which transformers does not support for prompt tuning).
 
 transformers runs a string ``custom_generate`` by copying the repository's ``custom_generate/*.py`` into its module
 cache and calling their ``generate(model, **generate_arguments)``; files that are not Python stay behind, so
-``generate.py`` carries the prefix files itself (base64) and hands them to :class:`~ctd_hf.CTDContrast`, which checks
-that they fit the model. Decoding goes through :func:`ctd_hf.custom_generate` (doubled executor by default).
+``generate.py`` carries the prefix files itself (base64, in comment lines at its end, with their SHA-256: a file cut
+short still compiles and says so) and hands them to :class:`~ctd_hf.CTDContrast`, which checks that they fit the
+model. Decoding goes through :func:`ctd_hf.custom_generate` (doubled executor by default).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 import textwrap
 from pathlib import Path
@@ -32,6 +34,7 @@ from ..settings import check_value, contrast_strength, renamed_arguments
 
 FOLDER = "custom_generate"
 PREFIX_FILES = ("adapter_config.json", "adapter_model.safetensors", CARD_NAME)
+_MARK = "# ctd-hf prefix file "  # generate.py's comment lines that carry the prefix files
 _CARD_START, _CARD_END = "<!-- ctd-hf export-hub -->", "<!-- /ctd-hf export-hub -->"
 
 _GENERATE = '''"""CTD decoding with this repository's soft prefix (written by `ctd-hf export-hub`, ctd_hf {version}).
@@ -39,32 +42,56 @@ _GENERATE = '''"""CTD decoding with this repository's soft prefix (written by `c
     model.generate(**inputs, custom_generate="REPO_OR_FOLDER", trust_remote_code=True, strength={strength})
 
 `strength` is the contrast strength, the paper's beta (0 gives plain decoding), `backend` "doubled" (default) or
-"stream". The prefix files
-are carried below: transformers copies only the Python files of `custom_generate/` into its module cache.
+"stream". The prefix files are carried in the comment lines at the end of this file (transformers copies only the
+Python files of `custom_generate/` into its module cache), each checked against its SHA-256 before use.
 """
 
 import base64
+import binascii
+import hashlib
 import tempfile
 from pathlib import Path
 
 from ctd_hf import CTDContrast, custom_generate
 
 STRENGTH = {strength}
-PREFIX_FILES = {{
-{files}}}
+PREFIX_SHA256 = {{
+{digests}}}
+MARK = "{mark}"
 
 
-def generate(model, strength=STRENGTH, backend="doubled", streamer=None, **generate_arguments):
+def prefix_files():
+    """name -> bytes of each prefix file, read from the end of this file; refused when one is cut short or altered."""
+    chunks = {{}}
+    for line in Path(__file__).read_text().splitlines():
+        if line.startswith(MARK):
+            name, _, data = line[len(MARK):].partition(" ")
+            chunks.setdefault(name, []).append(data)
+    files = {{}}
+    for name, digest in PREFIX_SHA256.items():
+        try:
+            files[name] = base64.b64decode("".join(chunks.get(name, [])), validate=True)
+        except binascii.Error:
+            files[name] = b""
+    broken = [name for name, data in files.items() if hashlib.sha256(data).hexdigest() != PREFIX_SHA256[name]]
+    if broken:
+        raise RuntimeError(f"{{__file__}} is incomplete or altered: its copy of {{', '.join(broken)}} does not match the "
+                           "SHA-256 it records. Export the prefix again (`ctd-hf export-hub PREFIX_FOLDER`), or download "
+                           "the repository again.")
+    return files
+
+
+def generate(model, strength=STRENGTH, backend="doubled", **generate_arguments):
     """generate() with CTD: z - strength * z~, z~ the logits of `model` with the soft prefix before the prompt."""
     with tempfile.TemporaryDirectory() as folder:
-        for name, data in PREFIX_FILES.items():
-            Path(folder, name).write_bytes(base64.b64decode("".join(data)))
+        for name, data in prefix_files().items():
+            Path(folder, name).write_bytes(data)
         contrast = CTDContrast(model, folder, strength)  # checks that the prefix was trained for this model
     # The class's generate(): a model loaded with trust_remote_code may have this function as its own generate.
-    # generate() hands a callable custom_generate no streamer: ctd_hf's takes it as `token_streamer`.
     return type(model).generate(model, custom_generate=custom_generate, contrast=contrast, backend=backend,
-                                token_streamer=streamer, **generate_arguments)
-'''
+                                **generate_arguments)
+
+{files}'''
 
 _USAGE = """{start}
 # CTD soft prefix
@@ -108,10 +135,13 @@ def export_custom_generate(prefix_dir: str | Path, strength: float = DEFAULT_STR
     if not config.is_prompt_learning:
         raise AdapterMismatchError(f"{prefix_dir} holds a {config.peft_type} adapter; export-hub publishes a soft "
                                    "prefix (a prompt-tuning adapter).")
-    files = "".join(_embedded(prefix_dir / name) for name in PREFIX_FILES if (prefix_dir / name).is_file())
+    carried = [prefix_dir / name for name in PREFIX_FILES if (prefix_dir / name).is_file()]
+    digests = "".join(f'    "{path.name}": "{hashlib.sha256(path.read_bytes()).hexdigest()}",\n' for path in carried)
+    files = "\n".join(_embedded(path) for path in carried)
     folder = prefix_dir / FOLDER
     folder.mkdir(exist_ok=True)
-    write_text(folder / "generate.py", _GENERATE.format(version=__version__, strength=strength, files=files))
+    write_text(folder / "generate.py", _GENERATE.format(version=__version__, strength=strength, digests=digests, mark=_MARK,
+                                                                files=files))
     # Unversioned: transformers compares it with the installed metadata, which an editable checkout may leave stale;
     # an older ctd_hf fails at `from ctd_hf import custom_generate`, naming the missing function.
     write_text(folder / "requirements.txt", "ctd_hf\n")
@@ -120,9 +150,10 @@ def export_custom_generate(prefix_dir: str | Path, strength: float = DEFAULT_STR
 
 
 def _embedded(path: Path) -> str:
-    """One ``PREFIX_FILES`` entry of generate.py: the file's base64, in lines of 100 characters."""
-    lines = "".join(f'        "{line}",\n' for line in textwrap.wrap(base64.b64encode(path.read_bytes()).decode(), 100))
-    return f'    "{path.name}": [\n{lines}    ],\n'
+    """The comment lines of generate.py that carry one prefix file: its base64, 100 characters a line. Comments, so
+    that a file cut short still compiles and its own check names what is missing."""
+    return "".join(f"{_MARK}{path.name} {line}\n"
+                   for line in textwrap.wrap(base64.b64encode(path.read_bytes()).decode(), 100))
 
 
 def _write_card(prefix_dir: Path, strength: float, base_model: str) -> None:

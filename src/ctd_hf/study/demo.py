@@ -22,7 +22,8 @@ from ..evaluation.tasks.superni import CATEGORY_ABBREVIATIONS, ordered_categorie
 from ..models import load_model_and_tokenizer, model_id
 from ..records import check_output_folder
 from ..settings import check_settings, like, positive_int, setting
-from ..training.tuning import TuneSettings, tune
+from ..evaluation.seeds import seed_label
+from ..training.tuning import TuneSettings, seed_prefixes, seeds_setting, tune, tune_seeds
 from .tuning_data import tuning_data_path
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class DemoSettings:
         "Held-out instances per category (10 categories), shared evenly by its tasks, at least one each."))
     max_new_tokens: int = setting(64, check=positive_int, help="New tokens per answer.")
     max_source_tokens: int = setting(1024, check=positive_int, help="Instruction + input tokens (the protocol's).")
+    seeds: tuple[int, ...] = seeds_setting((0,))
     beta: float = like(CTDMethod, "strength", flag=None, help="CTD's decoding strength.")
     id_strength: float = like(IDMethod, "strength", flag=None,
                               help="Instructive Decoding's strength (official default).")
@@ -49,7 +51,9 @@ class DemoSettings:
         check_settings(self)
 
 
-# The sweep's best 16-step trial on the development tasks (docs/results.md): 16 steps fit the 12-minute budget.
+# The sweep's best 16-step trial on the development tasks (docs/results.md). One prefix is what fits the 12-minute
+# budget on 2 cores: three seeds would take about 18 minutes from a fresh clone (measured: 10 minutes to tune them,
+# 1.7 per ctd decoding; chosen by time, never by scores). docs/results.md section 8 measures it over 5 seeds.
 FULL = DemoSettings(tuning=TuneSettings(data="superni", max_steps=16, learning_rate=1e-2, batch_size=8,
                                         max_length=256), per_category=10, beta=0.1)
 QUICK = DemoSettings(tuning=TuneSettings(data="superni", max_steps=4, learning_rate=1e-2, batch_size=4,
@@ -65,16 +69,27 @@ def run_demo(
     output_dir, started = check_output_folder(output_dir), time.time()
     steps = 2 if prefix else 3
     if prefix is None:
-        _phase(1, steps, f"tuning a {settings.tuning.num_virtual_tokens}-token prefix for {settings.tuning.max_steps} "
-                         f"steps (resumes if interrupted)", started)
-        prefix = output_dir / "prefix"
+        count = len(settings.seeds)
+        what = (f"a {settings.tuning.num_virtual_tokens}-token prefix (seed {settings.seeds[0]})" if count == 1 else
+                f"{count} {settings.tuning.num_virtual_tokens}-token prefixes (seeds "
+                f"{', '.join(map(str, settings.seeds))}), each")
+        _phase(1, steps, f"tuning {what} for {settings.tuning.max_steps} steps (resumes if interrupted)", started)
+        prefix = output_dir / ("prefix" if count == 1 else "prefixes")
         data = tuning_data_path(settings.tuning.data, output_dir / "data", model, settings.tuning.prompt_format)
-        tune(dataclasses.replace(settings.tuning, data=data), prefix, model)
+        tuning = dataclasses.replace(settings.tuning, data=data)
+        if count == 1:
+            tune(dataclasses.replace(tuning, seed=settings.seeds[0]), prefix, model)
+        else:
+            tune_seeds(tuning, settings.seeds, prefix, model)
+    prefixes = seed_prefixes(prefix)
     _phase(steps - 1, steps, f"decoding the broad held-out SuperNI sample (34 test tasks, about "
-                             f"{settings.per_category} instances per category) with od, id and ctd", started)
+                             f"{settings.per_category} instances per category) with od, id and ctd "
+                             f"({len(prefixes)} prefix{'es' if len(prefixes) > 1 else ''})", started)
     base, tokenizer = load_model_and_tokenizer(model)
-    methods = {"od": ODMethod(), "id": IDMethod(strength=settings.id_strength),
-               "ctd": CTDMethod(strength=settings.beta, prefix=str(prefix))}
+    methods = {"od": ODMethod(), "id": IDMethod(strength=settings.id_strength)}
+    ctd = [CTDMethod(strength=settings.beta, prefix=folder) for folder in prefixes]
+    methods.update({"ctd": ctd[0]} if len(ctd) == 1 else
+                   {seed_label("ctd", index): method for index, method in enumerate(ctd)})
     evaluation = EvalSettings(options={"superni": {"tasks": HELD_OUT, "per_category": settings.per_category}},
                               prompt_format=settings.tuning.prompt_format, batch_size=settings.batch_size,
                               max_new_tokens={"superni": settings.max_new_tokens},
@@ -123,7 +138,19 @@ def summary(report: dict, folder: Path) -> str:
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {wins} |")
         verdicts.append(f"- {label}: {difference:+.2f} Rouge-L [{low:+.2f}, {high:+.2f}], p = {p_value:.3g}: "
                         f"{verdict(a, b, low, high)}; task wins {wins} {sign_test}.")
+    seeds = superni["statistics"]["replicates"].get("ctd", ["ctd"])
+    if len(seeds) > 1:
+        spread = superni["statistics"]["methods"]["ctd"]["rougeL"]
+        variance = next(pair["variance"] for pair in pairs.values() if {pair["a"], pair["b"]} == {"ctd", "od"})
+        basis = (f"ctd is the mean of {len(seeds)} prefixes, one per tuning seed (Rouge-L "
+                 f"{', '.join(f'{v:.2f}' for v in spread['seeds'])}; between-seed SD {spread['seed_sd']:.2f}); its "
+                 "intervals resample the seeds, then the instances (for ctd - od the "
+                 f"{variance['dominant']} dominate: standard error {variance['seed_se']:.2f} from the prefixes, "
+                 f"{variance['instance_se']:.2f} from the instances).")
+    else:
+        basis = ("ctd rests on one prefix: its intervals cover the instances only, not the prefix's own randomness "
+                 "(another tuning seed can move ctd by several points: docs/results.md, section 8).")
     return "\n".join([*lines, "", "Differences: paired over the same instances; 95% paired-bootstrap interval "
                        "(overall column); task wins: tasks where the first method's mean Rouge-L is higher, with the "
-                       "sign test over tasks.", "", *verdicts, "", f"Full report: {folder / 'report.md'} (and "
+                       "sign test over tasks.", basis, "", *verdicts, "", f"Full report: {folder / 'report.md'} (and "
                        "report.json, superni_categories.png, token_changes_superni.png)."])

@@ -21,15 +21,22 @@ from ..evaluation.tasks import get_task
 from ..models import load_model_and_tokenizer
 from ..records import append_records, load_json_records, read_records, write_json, write_text
 from ..resources import resource_path
+from ..training.data import load_sft_data
 
 TUNING_DATA = ("alpaca", "superni", "self")
 ALPACA = resource_path("sft", "alpaca_en_demo.json")
 
 
 def tuning_data_source(name: str) -> str:
-    """Check of a sweep's ``data`` value: one of :data:`TUNING_DATA` or an existing file."""
-    if name not in TUNING_DATA and not Path(name).exists():
-        raise ValueError(f"{name!r} is neither one of {', '.join(TUNING_DATA)} nor an existing file.")
+    """Check of a sweep's ``data`` value: one of :data:`TUNING_DATA`, or a file of SFT examples (read and checked
+    now, so that a wrong file is refused before any baseline runs)."""
+    if name not in TUNING_DATA:
+        if not Path(name).exists():
+            raise ValueError(f"{name!r} is neither one of {', '.join(TUNING_DATA)} nor an existing file.")
+        try:
+            load_sft_data(name)
+        except ValueError as error:
+            raise ValueError(f"{name!r} is not SFT data that tuning can read: {error}") from None
     return name
 
 

@@ -47,6 +47,14 @@ def _check_example(example: dict) -> None:
     missing = [name for name in form if example.get(name) in (None, "", [])]
     if missing:
         raise ValueError(f"the example has {sorted(example)}, missing {missing}.")
+    texts = {"messages": (list,), "prompt": (str, list), "completion": (str, list), "instruction": (str,),
+             "output": (str,), "input": (str, type(None)), "system": (str, type(None))}
+    wrong = {name: type(example[name]).__name__ for name, kinds in texts.items()
+             if name in example and not isinstance(example[name], kinds)}
+    if wrong:
+        raise ValueError(f"the example's {', '.join(f'{name} is of type {kind}' for name, kind in wrong.items())}; "
+                         "instructions, inputs and answers are text (prompt, completion and messages may be message "
+                         "lists).")
     messages = _to_messages(example)["messages"]
     well_formed = isinstance(messages, list) and all(
         isinstance(m, dict) and "role" in m and isinstance(m.get("content"), str) for m in messages)
@@ -56,32 +64,28 @@ def _check_example(example: dict) -> None:
         raise ValueError("the example must end with a non-empty assistant answer.")
 
 
-def _read(source: str | Path | datasets.Dataset, split: str) -> datasets.Dataset:
-    records = read_source(source, split, _check_example)
-    if isinstance(records, list):  # a file, checked record by record as it was read
-        return datasets.Dataset.from_list([_to_messages(record) for record in records])
-    return records
-
-
 def load_sft_data(
-    source: str | Path | datasets.Dataset,
+    source: str | Path | list[dict] | datasets.Dataset,
     fraction: float = 1.0,
     seed: int = 0,
     split: str = "train",
 ) -> datasets.Dataset:
     """Load SFT examples as a dataset with one ``messages`` column (the last message is the assistant's answer).
 
-    ``source`` is a JSON/JSONL file, a folder written by ``save_to_disk``, a ``datasets.Dataset`` or a dataset name,
-    with examples in chat form (``messages``), Alpaca form (``instruction``, optional ``input``/``system``,
-    ``output``) or TRL's prompt-completion form (``prompt`` and ``completion``: strings, read as a user message and
+    ``source`` is a JSON/JSONL file, a list of examples, a folder written by ``save_to_disk``, a
+    ``datasets.Dataset`` or a dataset name, with examples in chat form (``messages``), Alpaca form (``instruction``,
+    optional ``input``/``system``, ``output``) or TRL's prompt-completion form (``prompt`` and ``completion``: strings, read as a user message and
     the answer, or message lists). ``fraction`` in (0, 1] keeps a seeded random sample (the paper tunes on 1-10% of
     the SFT set).
     """
     fraction = check_value("fraction", fraction, unit_interval)
-    dataset = _read(source, split)
-    if len(dataset) == 0:
-        raise ValueError(f"The SFT data {source} is empty: it holds no example.")
-    if not (isinstance(source, (str, Path)) and Path(source).expanduser().is_file()):  # files were checked when read
+    records = read_source(source, split, _check_example)
+    if len(records) == 0:
+        raise ValueError(f"The SFT data {source if not isinstance(source, list) else '(a list)'} is empty: it holds "
+                         "no example.")
+    if isinstance(records, list):  # a file or a list, checked record by record as it was read
+        dataset = datasets.Dataset.from_list([_to_messages(record) for record in records])
+    else:
 
         def checked(example: dict, index: int) -> dict:
             example = dict(example)  # datasets may hand map() a lazy row
@@ -91,7 +95,7 @@ def load_sft_data(
                 raise ValueError(f"The SFT data, row {index + 1}: {error}") from None
             return _to_messages(example)
 
-        dataset = dataset.map(checked, with_indices=True, remove_columns=dataset.column_names, desc="Checking")
+        dataset = records.map(checked, with_indices=True, remove_columns=records.column_names, desc="Checking")
     dataset = dataset.select_columns(["messages"])
     if fraction < 1:
         count = max(1, math.ceil(fraction * len(dataset)))

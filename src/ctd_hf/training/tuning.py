@@ -3,14 +3,16 @@
 The run writes into one folder: ``tune_settings.json`` (the settings and the model's fingerprint), Trainer checkpoints,
 the final adapter (``adapter_config.json``, ``adapter_model.safetensors``, ``ctd_hf.json``), ``train_results.json``
 and ``loss_curves.png`` (the contrastive loss against the original model's loss on the same batches). Rerun with the
-same settings, it resumes from the last complete checkpoint; with another model or other settings it refuses, so one
-folder never mixes two runs. Only the length of training (``epochs``, ``max_steps``) and the checkpoint interval may
-change between reruns.
+same settings, it resumes from the last complete checkpoint; with another model, other data (by content) or other
+settings it refuses (or, with ``restart``, deletes what the folder holds and starts over), so one folder never mixes
+two runs. Only the checkpoint interval may change between reruns: another length of training changes the learning-rate
+schedule of every step, so a run of 4 steps resumed to 8 is not a run of 8.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import shutil
@@ -74,7 +76,7 @@ class TuneSettings:
                                     help="Stop after this many optimizer steps (overrides epochs).")
     batch_size: int = setting(8, check=positive_int, help="Examples per device and micro-batch.")
     grad_accum: int = setting(1, check=positive_int, help="Micro-batches per optimizer step.")
-    save_steps: int = setting(50, check=positive_int, length=True,
+    save_steps: int = setting(50, check=positive_int, resumable=True,
                               help="Checkpoint every N steps; a rerun resumes from the last.")
     seed: int = setting(0, help="Seeds sampling, initialisation and shuffling.")
 
@@ -84,8 +86,10 @@ class TuneSettings:
             raise SettingError("init", '"text" needs `init_text`, the text whose token embeddings start the prefix.')
 
     def key(self) -> dict[str, Any]:
-        """The settings a resumed run must share (all but the length of training and the checkpoint interval)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.metadata.get("length")}
+        """The settings a resumed run must share, but for the length of training (checked against what the folder's
+        run planned) and the checkpoint interval (which may change)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if not (f.metadata.get("length") or f.metadata.get("resumable"))}
 
 
 def tune(
@@ -95,13 +99,15 @@ def tune(
     dtype: str = "float32",
     model: PreTrainedModel | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
+    restart: bool = False,
     **training_args: Any,
 ) -> dict[str, Any]:
     """Run (or resume) contrastive tuning into ``output_dir``; returns the metrics also written to
     ``train_results.json``: the contrastive loss, the original model's loss on the same batches and their gap.
 
-    ``model``/``tokenizer`` may be given already loaded (``model_name`` then only names them); ``training_args`` go
-    to :class:`~ctd_hf.CTDConfig` (e.g. ``disable_tqdm=True``).
+    ``model``/``tokenizer`` may be given already loaded (``model_name`` then only names them); ``restart`` deletes a
+    run of other settings in ``output_dir`` instead of refusing it; ``training_args`` go to :class:`~ctd_hf.CTDConfig`
+    (e.g. ``disable_tqdm=True``).
     """
     output_dir = check_output_folder(output_dir)
     transformers.set_seed(settings.seed)
@@ -109,20 +115,18 @@ def tune(
         raise ValueError("Pass both `model` and `tokenizer`, or neither (then `model_name` is loaded).")
     if model is None:
         model, tokenizer = load_model_and_tokenizer(model_name, dtype=dtype)
-    identity = {"model": model_id(model) or model_name, "dtype": str(model.dtype), "fingerprint": fingerprint(model)}
-    checkpoint = last_complete_checkpoint(output_dir)
-    _check_resumable(output_dir, checkpoint, model, {**identity, "settings": settings.key()})
-    length = {"epochs": settings.epochs, "max_steps": settings.max_steps}
-    results = output_dir / RESULTS_FILE
-    if results.is_file() and (finished := json.loads(results.read_text())).get("length") == length:
-        logger.info("%s holds a finished run of these settings: nothing to train.", output_dir)
-        return finished
-    state = TrainerState.load_from_json(str(Path(checkpoint, "trainer_state.json"))) if checkpoint else None
-    if state is not None and settings.max_steps is not None and state.global_step > settings.max_steps:
-        raise ValueError(f"{output_dir} holds a run trained for {state.global_step} steps, more than max_steps="
-                         f"{settings.max_steps}: use a new output folder to train fewer steps.")
-    check_not_exported(output_dir)
     data = load_sft_data(settings.data, fraction=settings.fraction, seed=settings.seed)
+    identity = {"model": model_id(model) or model_name, "dtype": str(model.dtype), "fingerprint": fingerprint(model),
+                "data_sha256": _data_fingerprint(data)}
+    length = {"epochs": settings.epochs, "max_steps": settings.max_steps}
+    _check_resumable(output_dir, model, {**identity, "settings": settings.key()}, length, restart)
+    results = output_dir / RESULTS_FILE
+    if results.is_file():
+        logger.info("%s holds a finished run of these settings: nothing to train.", output_dir)
+        return json.loads(results.read_text())
+    checkpoint = last_complete_checkpoint(output_dir)
+    state = TrainerState.load_from_json(str(Path(checkpoint, "trainer_state.json"))) if checkpoint else None
+    check_not_exported(output_dir)
     train_dataset = tokenize_sft(data, tokenizer, settings.prompt_format, settings.max_length)
     if settings.adapter == "prefix":
         model = add_soft_prefix(model, settings.num_virtual_tokens, init=settings.init, init_text=settings.init_text)
@@ -153,6 +157,60 @@ def tune(
                "output_dir": str(output_dir)}
     write_json(results, metrics)  # last: its presence marks the run finished
     return metrics
+
+
+SEED_FOLDER = "seed-{}"
+
+
+def non_negative_int(value: Any) -> int:
+    """Check of a seed: an integer >= 0."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"must be an integer >= 0, got {value!r}.")
+    return value
+
+
+def seeds_setting(default: tuple[int, ...] | None = None) -> Any:
+    """The ``seeds`` field of a job that tunes one prefix per seed (one declaration for tune, the sweep and the
+    demo)."""
+    return setting(default, check=non_negative_int, help=(
+        "Tune one prefix per seed (instead of --seed), each in a seed-N folder of its own; `ctd-hf eval --prefix "
+        "FOLDER` then decodes them all and reports their mean, with intervals over seeds and instances."))
+
+
+def seed_folder(output_dir: str | Path, seed: int) -> Path:
+    """Where seed ``seed``'s prefix of a multi-seed run in ``output_dir`` goes."""
+    return Path(output_dir) / SEED_FOLDER.format(seed)
+
+
+def tune_seeds(
+    settings: TuneSettings, seeds: tuple[int, ...], output_dir: str | Path, model_name: str = "default",
+    dtype: str = "float32", restart: bool = False, **training_args: Any,
+) -> dict[int, dict[str, Any]]:
+    """:func:`tune` once per seed (``settings.seed`` replaced), into ``output_dir/seed-N``, each resumable on its
+    own; returns each seed's metrics. The prefix is a random draw (its initialisation, the data order): several
+    seeds measure how much the answers depend on it."""
+    if len(set(seeds)) != len(seeds) or not seeds:
+        raise SettingError("seeds", f"must be distinct seeds, at least one, got {seeds}.")
+    return {seed: tune(dataclasses.replace(settings, seed=seed), seed_folder(output_dir, seed), model_name, dtype,
+                       restart=restart, **training_args) for seed in seeds}
+
+
+def seed_prefixes(value: str | Path) -> list[str]:
+    """The prefix folders ``value`` names: comma-separated folders, each a prefix folder or a folder of ``seed-N``
+    prefix folders (as :func:`tune_seeds` writes them, taken in seed order)."""
+    folders = []
+    for part in str(value).split(","):
+        path = Path(part.strip())
+        if (path / "adapter_model.safetensors").is_file():
+            folders.append(str(path))
+            continue
+        seeded = sorted((child for child in path.glob("seed-*") if child.name[5:].isdigit()
+                         and (child / "adapter_model.safetensors").is_file()), key=lambda child: int(child.name[5:]))
+        if not seeded:
+            raise FileNotFoundError(f"{path} holds no adapter_model.safetensors and no seed-N prefix folder: point "
+                                    "--prefix at folders written by `ctd-hf tune` (or `ctd-hf tune --seeds`).")
+        folders += [str(child) for child in seeded]
+    return folders
 
 
 def run_metrics(state: TrainerState) -> dict[str, Any]:
@@ -189,17 +247,48 @@ def last_complete_checkpoint(output_dir: Path) -> str | None:
     return None
 
 
-def _check_resumable(output_dir: Path, checkpoint: str | None, model: PreTrainedModel, current: dict) -> None:
-    """Refuse to continue a folder trained for another model or with other settings; record the settings of a new
-    one (or of one whose earlier run stopped before producing anything) before anything else is written."""
+def _check_resumable(output_dir: Path, model: PreTrainedModel, current: dict, length: dict, restart: bool) -> None:
+    """Refuse to continue a folder trained for another model, on other data or with other settings or another length
+    (or delete it, with ``restart``); record the settings of a new one (or of one whose earlier run stopped before
+    producing anything) before anything else is written."""
+    checkpoint = last_complete_checkpoint(output_dir)
     produced = checkpoint is not None or any((output_dir / name).exists()
                                              for name in (RESULTS_FILE, "adapter_model.safetensors"))
     if checkpoint is not None and not (output_dir / SETTINGS_FILE).is_file():
         check_adapter(model, checkpoint)  # a folder from a run that kept no settings file: at least the model fits
-    check_resumable(output_dir, SETTINGS_FILE, current, produced, _tuning_changes)
+    other_length = _other_length(output_dir, checkpoint, length)
+    check_resumable(output_dir, SETTINGS_FILE, current, produced,
+                    lambda previous, new: _tuning_changes(previous, new) + other_length, restart=restart)
+
+
+def _other_length(output_dir: Path, checkpoint: str | None, length: dict) -> list[str]:
+    """The length of training the folder's run was planned with, when it is not ``length`` (read from the finished
+    run's results, or from the last checkpoint: what Trainer planned its schedule for)."""
+    results = output_dir / RESULTS_FILE
+    if results.is_file():
+        planned = json.loads(results.read_text()).get("length")
+        return [] if planned == length else [f"the length of training ({planned} -> {length})"]
+    if checkpoint is None:
+        return []
+    state = TrainerState.load_from_json(str(Path(checkpoint, "trainer_state.json")))
+    same = state.max_steps == length["max_steps"] if length["max_steps"] is not None else \
+        state.num_train_epochs == length["epochs"]
+    return [] if same else [f"the length of training (a run planned for {state.max_steps} steps, "
+                            f"{state.global_step} done; now {length}; the learning-rate schedule of every step "
+                            "depends on it)"]
 
 
 def _tuning_changes(previous: dict, current: dict) -> list[str]:
     changed = [key for key in ("model", "dtype", "fingerprint") if previous.get(key) != current[key]]
+    if previous.get("data_sha256", current["data_sha256"]) != current["data_sha256"]:  # older folders lack it
+        changed.append("the data's content (its SHA-256)")
     return changed + [f"{key} ({previous['settings'].get(key)!r} -> {value!r})"
                       for key, value in current["settings"].items() if previous["settings"].get(key) != value]
+
+
+def _data_fingerprint(data: Any) -> str:
+    """SHA-256 of the training rows (after sampling): the run's data by content, whatever its source."""
+    digest = hashlib.sha256()
+    for row in data:
+        digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str).encode() + b"\n")
+    return digest.hexdigest()

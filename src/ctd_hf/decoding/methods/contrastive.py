@@ -11,7 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ...formula import DEFAULT_CD_STRENGTH, DEFAULT_PLAUSIBILITY
 from ...models import is_skeleton, load_model_and_tokenizer, load_skeleton, resolve_model_path
-from ...settings import SettingError, contrast_strength, positive_number, setting, unit_interval
+from ...settings import SettingError, contrast_strength, sampling_temperature, setting, unit_interval
 from ..contrasts import ContrastiveDecodingContrast
 from .base import BoundMethod, ContrastMethod, register_method
 
@@ -40,7 +40,7 @@ class CDMethod(ContrastMethod):
         None, check=amateur_source, flag_type=str, needed="a smaller model with the same tokenizer",
         help="the amateur model (folder, hub name or 'default'; the expert itself when both name one model).")
     plausibility: float = setting(DEFAULT_PLAUSIBILITY, check=unit_interval, help="alpha of the plausible set.")
-    amateur_temperature: float = setting(1.0, check=positive_number, help="temperature of the amateur.")
+    amateur_temperature: float = setting(1.0, check=sampling_temperature, help="temperature of the amateur.")
 
     def _setting(self, name: str, value: Any) -> dict[str, Any]:
         return {name: str(getattr(value, "name_or_path", value))} if name == "amateur" else {name: value}

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ...sources import read_source
+from ..seeds import seed_means
 
 SCORING = ("generation", "choice")
 
@@ -41,7 +42,8 @@ class Task:
     Attributes:
         name: the name used on the command line and in reports.
         options: a dataclass of the task's own settings (data paths, limits), each field with ``help`` metadata;
-            fields marked ``selects=True`` only choose which items run, so a resumed run may change them.
+            fields marked ``selects=True`` only choose which items run, and ``answers=False`` only how they are
+            scored, so a resumed run may change them.
         load: items from an instance of ``options``.
         scoring: ``"generation"`` (answers of up to ``max_new_tokens`` tokens) or ``"choice"`` (the best of
             ``choices`` by the processed scores of the first generated token).
@@ -99,14 +101,17 @@ class Task:
         return {method: self.instance_scores(items, answers) for method, answers in predictions.items()}
 
     def evaluate(
-        self, items: list[dict], predictions: dict[str, list[str]], context: ScoreContext
+        self, items: list[dict], predictions: dict[str, list[str]], context: ScoreContext,
+        replicates: dict[str, list[str]] | None = None,
     ) -> tuple[dict, dict[str, dict[str, list[float]]] | None]:
-        """The task's result and each method's per-instance scores (None without ``instance_scores``), each metric
-        computed once per method."""
+        """The task's result and each label's per-instance scores (None without ``instance_scores``), each metric
+        computed once per label. ``replicates`` (method -> the labels of its seeds, :mod:`~ctd_hf.evaluation.seeds`)
+        are scored as one method each, from their mean per instance (a task without per-instance scores lists its
+        seeds apart)."""
         if self.instance_scores is None:
             return self.score(items, predictions, context), None
         scores = self.method_scores(items, predictions)
-        return self.score(items, predictions, context, scores=scores), scores
+        return self.score(items, predictions, context, scores=seed_means(scores, replicates or {})), scores
 
 
 _REGISTRY: dict[str, Task] = {}

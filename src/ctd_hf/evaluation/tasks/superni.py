@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import string
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from ...resources import resource_path
 from ...settings import check_settings, positive_int, setting
 from . import ScoreContext, Task, check_fields, mean_scores, positions_by, read_rows, register_task
 
+logger = logging.getLogger(__name__)
 CATEGORY_ABBREVIATIONS = {
     "Title Generation": "TG", "Coreference Resolution": "CR", "Textual Entailment": "TE", "Question Rewriting": "QR",
     "Cause Effect Classification": "CEC", "Dialogue Act Recognition": "DAR", "Answerability Classification": "AC",
@@ -43,6 +46,10 @@ class SuperNIOptions:
     per_category: int | None = setting(None, check=positive_int, selects=True, help=(
         "Instead of max_instances: about this many instances per category, shared evenly by its tasks (at least one "
         "each), so that no category outweighs another."))
+    rouge_tokenizer: str = setting("english", choices=("english", "xlingual"), answers=False, help=(
+        "Rouge-L's tokenizer: english (the official track's; it reads only a-z and 0-9, so other scripts score 0) "
+        "or xlingual (Unicode words, one token per Chinese/Japanese/Korean/Thai character: for tasks in other "
+        "languages)."))
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -119,6 +126,7 @@ def load_superni(options: SuperNIOptions) -> list[dict]:
                 "category": category_of[name],
                 "message": superni_message(definition, instance["input"]),
                 "references": instance["output"],
+                "rouge_tokenizer": options.rouge_tokenizer,
             })
     return items
 
@@ -141,10 +149,49 @@ def _from_task_files(options: SuperNIOptions, names: list[str]) -> dict[str, tup
         path = Path(options.dir) / "tasks" / f"{name}.json"
         if not path.is_file():
             raise FileNotFoundError(f"Task {name} is listed in {options.tasks} but {path} does not exist.")
-        task = json.loads(path.read_text())
-        definition = task["Definition"][0] if isinstance(task["Definition"], list) else task["Definition"]
-        tasks[name] = (definition, task["Categories"][0], task["Instances"])
+        tasks[name] = _task_file(path)
     return tasks
+
+
+def _task_file(path: Path) -> tuple[str, str, list[dict]]:
+    """(definition, category, instances) of one natural-instructions task file, refusing, with the file named, what
+    would fail later or score wrongly: a missing or empty field, an instance without a string id and input, references
+    that are not a list of strings, two instances of one id."""
+    def refuse(problem: str) -> ValueError:
+        return ValueError(f"{path}: {problem} (a natural-instructions task file has Definition, Categories and "
+                          "Instances of {{id, input, output: [references]}}).")
+
+    try:
+        task = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise refuse(f"not valid JSON ({error.msg}, line {error.lineno})") from None
+    if not isinstance(task, dict):
+        raise refuse("the file holds no JSON object")
+    missing = [key for key in ("Definition", "Categories", "Instances") if key not in task]
+    if missing:
+        raise refuse(f"no {', '.join(missing)}")
+    definition = task["Definition"][0] if isinstance(task["Definition"], list) and task["Definition"] else \
+        task["Definition"]
+    if not isinstance(definition, str) or not definition.strip():
+        raise refuse("the Definition is empty or not text")
+    if not isinstance(task["Categories"], list) or not task["Categories"] or not isinstance(task["Categories"][0], str):
+        raise refuse("the Categories are not a non-empty list of names")
+    if not isinstance(task["Instances"], list) or not task["Instances"]:
+        raise refuse("the Instances are not a non-empty list")
+    seen: set[str] = set()
+    for number, instance in enumerate(task["Instances"], start=1):
+        where = f"instance {number}"
+        if not isinstance(instance, dict) or not isinstance(instance.get("id"), str) or \
+                not isinstance(instance.get("input"), str):
+            raise refuse(f"{where} has no string id and input")
+        output = instance.get("output")
+        if not isinstance(output, list) or not output or not all(isinstance(text, str) for text in output):
+            raise refuse(f"{where} ({instance['id']}) has output {output!r}; the output is a non-empty list of "
+                         "reference strings")
+        if instance["id"] in seen:
+            raise refuse(f"two instances have id {instance['id']!r}; each needs its own")
+        seen.add(instance["id"])
+    return definition, task["Categories"][0], task["Instances"]
 
 
 def _from_dataset(options: SuperNIOptions, names: set[str]) -> dict[str, tuple[str, str, list[dict]]]:
@@ -156,6 +203,9 @@ def _from_dataset(options: SuperNIOptions, names: set[str]) -> dict[str, tuple[s
         if row["task_name"] in names:
             instances = tasks.setdefault(row["task_name"], (row["definition"], "Uncategorized", {}))[2]
             instance = instances.setdefault(row["id"], {"id": row["id"], "input": row["inputs"], "output": []})
+            if instance["input"] != row["inputs"]:  # rows of one instance repeat it with another reference
+                raise ValueError(f"{options.dataset}: two rows of id {row['id']!r} have different inputs; rows share "
+                                 "an id only to give one instance several references. Give each instance its own id.")
             instance["output"].extend(_references(row["targets"], options.dataset, row["id"]))
     missing = sorted(names - set(tasks))
     if missing:
@@ -195,9 +245,18 @@ def score_superni(
 
 
 def superni_instance_scores(items: list[dict], predictions: list[str]) -> dict[str, list[float]]:
-    """Rouge-L and exact match of each item (x100), from the shipped SuperNI metric script."""
-    return load_metric("superni").compute(predictions=predictions, references=[i["references"] for i in items],
-                                          per_instance=True)
+    """Rouge-L and exact match of each item (x100), from the shipped SuperNI metric script, with the items' Rouge-L
+    tokenizer; says so when a reference holds no token that tokenizer reads (its Rouge-L is 0 whatever the answer)."""
+    metric = load_metric("superni")
+    tokenizer = items[0].get("rouge_tokenizer", "english") if items else "english"
+    scorable = sys.modules[type(metric).__module__].scorable  # the metric script's own tokenizers
+    unread = sum(not any(scorable(reference, tokenizer) for reference in item["references"]) for item in items)
+    if unread:
+        logger.warning("%d of %d SuperNI items have no reference the %s Rouge-L tokenizer reads (other scripts than "
+                       "a-z and 0-9?): their Rouge-L is 0 whatever the answer. For such tasks set the superni option "
+                       "rouge_tokenizer=xlingual (--superni-rouge-tokenizer xlingual).", unread, len(items), tokenizer)
+    return metric.compute(predictions=predictions, references=[i["references"] for i in items], per_instance=True,
+                          tokenizer=tokenizer)
 
 
 def ordered_categories(categories: dict) -> list[str]:

@@ -70,6 +70,7 @@ def engine_arguments(
         llm_kwargs.setdefault("enforce_eager", True)
     memory = memory or (CPU_MEMORY if on_cpu else None)
     if memory is not None:
+        _check_memory(model, memory, on_cpu, llm_kwargs.get("tensor_parallel_size", 1))
         llm_kwargs.setdefault("gpu_memory_utilization", memory)
     # A pair's two prompts are read in one step: any two requests of max_model_len fit it.
     llm_kwargs.setdefault("max_num_batched_tokens", 2 * max_model_len)
@@ -77,6 +78,30 @@ def engine_arguments(
                      scheduler_cls=SCHEDULER, enable_prompt_embeds=True, **llm_kwargs)
     processor = PairedContrastProcessorV2 if uses_model_runner_v2(arguments) else PairedContrastProcessor
     return {**arguments, "logits_processors": [processor]}
+
+
+def _check_memory(model: str | Path | PreTrainedModel, memory: float, on_cpu: bool, devices: int) -> None:
+    """Refuse a memory share smaller than the weights it must hold (one device's share of them under tensor
+    parallelism): vLLM would load them and then fail, asking to free memory that other processes use."""
+    if isinstance(model, PreTrainedModel):
+        weights = sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
+    elif Path(model).is_dir():
+        weights = sum(path.stat().st_size for pattern in ("*.safetensors", "*.bin")
+                      for path in Path(model).glob(pattern))
+    else:
+        return  # a hub name: its size is not known here
+    if on_cpu:
+        import psutil  # a dependency of vLLM
+
+        total = psutil.virtual_memory().total
+    else:
+        total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    if memory * total <= weights / devices:
+        raise ValueError(
+            f"memory={memory} (--vllm-memory) reserves {memory * total / 2**20:.0f} MiB of the "
+            f"{total / 2**30:.1f} GiB of {'host' if on_cpu else 'GPU'} memory, less than the model's weights "
+            f"({weights / devices / 2**20:.0f} MiB a device) alone, leaving nothing for the KV cache: raise it"
+            + (f" (the default on CPU is {CPU_MEMORY})." if on_cpu else " (vLLM's default is 0.9)."))
 
 
 class VLLMEngine:
@@ -90,6 +115,8 @@ class VLLMEngine:
         max_num_seqs: requests per step (default 8; a pair takes two).
         memory: vLLM's ``gpu_memory_utilization``, the share of GPU memory (on CPU: host memory) it reserves (default:
             vLLM's on a GPU, 0.3 on CPU).
+        seed: seeds the engine and the seeds of the sampled requests :meth:`generate` makes (a job's seed: another
+            seed, other samples; the same, the same).
         llm_kwargs: further ``vllm.LLM`` arguments (``dtype``, ``tensor_parallel_size``, ``enforce_eager``...; on CPU
             ``enforce_eager`` defaults to True; ``max_num_batched_tokens`` to ``2 * max_model_len``, so that any
             pair's two prompts fit one step). The scheduler and logits processor are set here.
@@ -105,10 +132,12 @@ class VLLMEngine:
         max_model_len: int | None = None,
         max_num_seqs: int | None = None,
         memory: float | None = None,
+        seed: int = 0,
         **llm_kwargs: Any,
     ) -> None:
-        self.llm = LLM(**engine_arguments(model, max_model_len, max_num_seqs, memory, **llm_kwargs))
+        self.llm = LLM(**engine_arguments(model, max_model_len, max_num_seqs, memory, seed=seed, **llm_kwargs))
         self.max_model_len, self.dtype = engine_facts(self.llm)
+        self._seeds = torch.Generator().manual_seed(seed)
         self._failed: Exception | None = None
 
     def max_positions(self, model: PreTrainedModel) -> int:
@@ -138,15 +167,16 @@ class VLLMEngine:
         """The :class:`~ctd_hf.decoding.engine.Engine` call: the same left-padded prompts followed by the answers,
         padded with the pad token as ``generate()`` pads finished rows. ``generate_kwargs`` are ``generate()``'s
         decoding options (``max_new_tokens``, ``do_sample``, ``temperature``, ``top_k``, ``top_p``; ``num_beams``
-        1); sampling seeds each request from torch's generator, so ``transformers.set_seed`` makes it reproducible
-        (not equal to ``generate()``'s draws)."""
+        1); sampling seeds each request from the engine's ``seed``: reproducible, not equal to ``generate()``'s
+        draws."""
         if backend != "auto":
             raise ValueError(f"backend={backend!r} picks one of transformers' executors; the vLLM engine runs its own: "
                              "leave backend at 'auto'.")
         pad_token_id = generate_kwargs.get("pad_token_id")
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         prompts = [row[keep.bool()].tolist() for row, keep in zip(ids, mask)]
-        outputs = self._decode(prompts, contrast, sampling_params(generate_kwargs), record=record is not None)
+        params = sampling_params(generate_kwargs, self._seeds)
+        outputs = self._decode(prompts, contrast, params, record=record is not None)
         answers = [list(output.outputs[0].token_ids) for output in outputs]
         padded = torch.full((len(answers), max(map(len, answers))), pad_token_id, dtype=ids.dtype)
         for row, answer in enumerate(answers):

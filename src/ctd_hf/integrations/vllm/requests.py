@@ -61,8 +61,9 @@ def tagged(params: SamplingParams, tag: dict[str, Any], logprobs: int | None = N
     return request
 
 
-def sampling_params(generate_kwargs: dict[str, Any]) -> SamplingParams:
-    """vLLM's ``SamplingParams`` for ``generate()``'s decoding options, refusing the ones vLLM cannot follow."""
+def sampling_params(generate_kwargs: dict[str, Any], seeds: torch.Generator) -> SamplingParams:
+    """vLLM's ``SamplingParams`` for ``generate()``'s decoding options, refusing the ones vLLM cannot follow; a
+    sampled request's seed is drawn from ``seeds`` (the engine's, seeded by the job's seed)."""
     options = {key: value for key, value in generate_kwargs.items() if key != "pad_token_id"}
     max_tokens, do_sample = options.pop("max_new_tokens"), options.pop("do_sample", False)
     if options.pop("num_beams", 1) != 1:
@@ -73,7 +74,7 @@ def sampling_params(generate_kwargs: dict[str, Any]) -> SamplingParams:
                          "of choice-scored tasks, ...): use the hf engine.")
     if not do_sample:
         return SamplingParams(temperature=0.0, max_tokens=max_tokens)
-    seed = int(torch.randint(2**62, ()))  # from torch's generator, which transformers.set_seed seeds
+    seed = int(torch.randint(2**62, (), generator=seeds))
     return SamplingParams(max_tokens=max_tokens, seed=seed, **sampling)
 
 

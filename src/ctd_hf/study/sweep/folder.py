@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import statistics
 from pathlib import Path
 
 from ...decoding.methods import CTDMethod, IDMethod, ODMethod
 from ...evaluation.runner import EvalSettings, run_evaluation
+from ...evaluation.seeds import seed_label
 from ...models import load_model_and_tokenizer, model_id
 from ...records import check_output_folder, check_resumable, write_json
-from ...training.tuning import tune
+from ...training.tuning import seed_folder, tune
 from ..tuning_data import tuning_data_path
 from .settings import SweepSettings, trial_id
 
@@ -51,6 +54,21 @@ class Sweep:
         return run_evaluation(model, tokenizer, methods, self.eval_settings(rung), self.root / "baselines",
                               model_id(model), self.settings.seed)
 
+    def prefixes(self, name: str) -> dict[int, Path]:
+        """Trial ``name``'s prefix folders by tuning seed: ``prefix/`` with ``--seed``, ``prefix/seed-N`` with
+        ``--seeds``."""
+        prefix = self.root / "trials" / name / "prefix"
+        if self.settings.seeds is None:
+            return {self.settings.seed: prefix}
+        return {seed: seed_folder(prefix, seed) for seed in self.settings.seeds}
+
+    def labels(self, method: str) -> list[str]:
+        """The evaluation labels of ``method`` (e.g. ``ctd@0.5``): one per seed with ``--seeds``, which the report
+        averages into ``method`` (:mod:`~ctd_hf.evaluation.seeds`)."""
+        if self.settings.seeds is None:
+            return [method]
+        return [seed_label(method, index) for index in range(len(self.settings.seeds))]
+
     def result(self, name: str, rung: int) -> dict | None:
         """Trial ``name``'s scores at rung ``rung``, if it was run."""
         path = self.root / "trials" / name / f"rung-{rung}.json"
@@ -63,21 +81,23 @@ class Sweep:
             return done
         if not (folder / "trial.json").is_file():
             write_json(folder / "trial.json", knobs)
-        prefix = folder / "prefix"
-        if not (prefix / "train_results.json").is_file():
-            tune(self.settings.tune_settings(knobs, self.data_path(knobs["data"])), prefix, self.settings.model,
-                 disable_tqdm=True)
+        prefixes = self.prefixes(name)
+        tuning = self.settings.tune_settings(knobs, self.data_path(knobs["data"]))
+        for seed, prefix in prefixes.items():
+            if not (prefix / "train_results.json").is_file():
+                tune(dataclasses.replace(tuning, seed=seed), prefix, self.settings.model, disable_tqdm=True)
         model, tokenizer = load_model_and_tokenizer(self.settings.model)
-        methods = {f"ctd@{beta:g}": CTDMethod(strength=beta, prefix=str(prefix))
-                   for beta in self.settings.space.betas}
+        methods = {label: CTDMethod(strength=beta, prefix=str(prefix)) for beta in self.settings.space.betas
+                   for label, prefix in zip(self.labels(f"ctd@{beta:g}"), prefixes.values())}
         report = run_evaluation(model, tokenizer, methods, self.eval_settings(rung), folder / "dev", model_id(model),
                                 self.settings.seed)
-        train = json.loads((prefix / "train_results.json").read_text())
+        runs = [json.loads((prefix / "train_results.json").read_text()) for prefix in prefixes.values()]
+        train = {key: statistics.fmean(run[key] for run in runs) for key in ("train_loss", "train_loss_gap")}
         scores = {label: result["overall"]["rougeL"] for label, result in report["benchmarks"]["superni"]["methods"]
                   .items()}
         best = max(scores, key=scores.get)
         result = {"trial": name, "rung": rung, "instances": report["benchmarks"]["superni"]["instances"],
                   "scores": scores, "best": best, "score": scores[best],
-                  "train_loss": train.get("train_loss"), "train_loss_gap": train.get("train_loss_gap")}
+                  **train}
         write_json(folder / f"rung-{rung}.json", result)
         return result

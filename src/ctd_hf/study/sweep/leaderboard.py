@@ -48,7 +48,9 @@ def write_leaderboard(sweep: Sweep) -> dict:
         top = finished[0]["results"][-1]
         rung = top["rung"]
         items = task.load(sweep.eval_settings(rung).task_options(task))
-        winner = _instance_scores(sweep.root / "trials" / top["trial"] / "dev", top["best"], items)
+        seeds = [_instance_scores(sweep.root / "trials" / top["trial"] / "dev", label, items)
+                 for label in sweep.labels(top["best"])]
+        winner = seeds[0] if len(seeds) == 1 else seeds  # several seeds: the two-level bootstrap
         baselines = board["baselines"].get(rung, {})
         best_id = max((label for label in baselines if label.startswith("id@")), key=baselines.get, default=None)
         board["winner"] = {"trial": top["trial"], "knobs": finished[0]["knobs"], "beta": top["best"],

@@ -17,7 +17,7 @@ from ...decoding.methods import CTDMethod, IDMethod
 from ...evaluation.tasks.superni import official_test_tasks_in
 from ...resources import resource_path
 from ...settings import SettingError, check_settings, like, positive_int, setting, unit_interval
-from ...training.tuning import TuneSettings
+from ...training.tuning import TuneSettings, seeds_setting
 from ..tuning_data import TUNING_DATA, tuning_data_source
 
 KNOBS = ("data", "learning_rate", "steps", "alpha", "num_virtual_tokens", "init", "fraction")
@@ -62,6 +62,7 @@ class SweepSettings:
     search: str = setting("grid", choices=SEARCHES, help="Every combination of the knobs, or a random sample.")
     samples: int | None = setting(None, check=positive_int, help="Trials drawn by --search random.")
     seed: int = setting(0, help="Seeds random search and tuning.")
+    seeds: tuple[int, ...] | None = seeds_setting()
     model: str = setting("default", help="Local folder or hub name; 'default' is the embedded SmolLM2-135M-Instruct.")
     prompt_format: str = like(TuneSettings, "prompt_format")
     batch_size: int = like(TuneSettings, "batch_size", help="Tuning batch size.")
