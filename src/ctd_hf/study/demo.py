@@ -149,7 +149,7 @@ def summary(report: dict, folder: Path) -> str:
                  f"{variance['instance_se']:.2f} from the instances).")
     else:
         basis = ("ctd rests on one prefix: its intervals cover the instances only, not the prefix's own randomness "
-                 "(another tuning seed can move ctd by several points: docs/results.md, section 8).")
+                 "(how far another tuning seed moves it: docs/results.md, section 8; `--seeds 0,1,2` tunes several).")
     return "\n".join([*lines, "", "Differences: paired over the same instances; 95% paired-bootstrap interval "
                        "(overall column); task wins: tasks where the first method's mean Rouge-L is higher, with the "
                        "sign test over tasks.", basis, "", *verdicts, "", f"Full report: {folder / 'report.md'} (and "
