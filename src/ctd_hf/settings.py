@@ -128,6 +128,13 @@ def positive_int(value: Any) -> int:
     return value
 
 
+def non_negative_int(value: Any) -> int:
+    """An integer >= 0 (a seed)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"must be an integer >= 0, got {value!r}.")
+    return value
+
+
 def _number(value: Any) -> float:
     """``value`` as a float: a Python, numpy or one-element (0-d) torch/numpy number; bools are refused."""
     if getattr(value, "ndim", None) == 0 and callable(getattr(value, "item", None)):  # a 0-d tensor or array

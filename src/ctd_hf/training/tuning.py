@@ -31,7 +31,7 @@ from ..plots import loss_curves
 from ..prompts import prompt_format_setting
 from ..records import check_output_folder, check_resumable, write_json
 from ..resources import resource_path
-from ..settings import (SettingError, check_settings, positive_int, positive_number, setting,
+from ..settings import (SettingError, check_settings, non_negative_int, positive_int, positive_number, setting,
                         unit_interval, contrast_strength)
 from .config import CTDConfig
 from .data import load_sft_data, sequence_length, tokenize_sft
@@ -162,13 +162,6 @@ def tune(
 SEED_FOLDER = "seed-{}"
 
 
-def non_negative_int(value: Any) -> int:
-    """Check of a seed: an integer >= 0."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"must be an integer >= 0, got {value!r}.")
-    return value
-
-
 def seeds_setting(default: tuple[int, ...] | None = None) -> Any:
     """The ``seeds`` field of a job that tunes one prefix per seed (one declaration for tune, the sweep and the
     demo)."""
@@ -204,8 +197,10 @@ def seed_prefixes(value: str | Path) -> list[str]:
         if (path / "adapter_model.safetensors").is_file():
             folders.append(str(path))
             continue
-        seeded = sorted((child for child in path.glob("seed-*") if child.name[5:].isdigit()
-                         and (child / "adapter_model.safetensors").is_file()), key=lambda child: int(child.name[5:]))
+        mark = SEED_FOLDER.format("")
+        seeded = sorted((child for child in path.glob(f"{mark}*") if child.name[len(mark):].isdigit()
+                         and (child / "adapter_model.safetensors").is_file()),
+                        key=lambda child: int(child.name[len(mark):]))
         if not seeded:
             raise FileNotFoundError(f"{path} holds no adapter_model.safetensors and no seed-N prefix folder: point "
                                     "--prefix at folders written by `ctd-hf tune` (or `ctd-hf tune --seeds`).")
