@@ -39,7 +39,7 @@ EOS (the tokens HF computes for rows that already finished are not counted), ove
 more than one round, medians. The tokens of the two engines are compared prompt by prompt, up to and including the
 first EOS.
 
-    python bench/engines.py                          # about 5-10 minutes on 2 CPU cores
+    python bench/engines.py                          # about 12 minutes on 2 CPU cores
     python bench/engines.py --prompts 8 --new-tokens 16 --hf-batch 4 --max-num-seqs 8 --server-requests 12  # smoke
 
 Needs ``ctd_hf[vllm]`` (docs/serving.md). Prints a Markdown table, the ratios against the targets (PASS/FAIL) and one
@@ -116,7 +116,8 @@ def parse_args() -> argparse.Namespace:
                         help="task list under the shipped splits/ (default: the development sample, 12 training "
                              "tasks); lists with an official test task are refused")
     parser.add_argument("--hf-batch", type=int, default=16, help="prompts per transformers generate() call")
-    parser.add_argument("--max-num-seqs", type=int, default=32, help="vLLM requests per step (even; default 32)")
+    parser.add_argument("--max-num-seqs", type=int, default=32,
+                        help="vLLM requests per step (a pair takes two; default 32)")
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.15,
                         help="each vLLM engine's share of memory for weights and KV cache (on CPU: of host memory)")
     parser.add_argument("--server-clients", type=int, default=8, help="concurrent clients of the server (0: none)")
