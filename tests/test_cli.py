@@ -8,6 +8,7 @@ import math
 import shutil
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from ctd_hf import models
@@ -94,6 +95,28 @@ def test_generate_cli_stream_and_doubled_agree(tiny_model_dir, tmp_path, capsys)
                                          "--max-new-tokens", "3"])
     assert "lower --max-new-tokens" in cli_error(capsys, ["generate", "--model", str(tiny_model_dir), "--prompt", "Hi",
                                                           "--max-new-tokens", "600"])
+
+
+def test_loading_the_model_does_not_change_what_a_seed_samples(tiny_model_dir, monkeypatch, capsys):
+    """0.4: generate seeded the generator before loading, so a load that draws from it (the default model's first
+    use converts it) sampled other answers for the same --seed."""
+    from ctd_hf.cli.arguments import EngineArguments
+
+    def sample(seed: int) -> str:
+        main(["generate", "--model", str(tiny_model_dir), "--prompt", "Hi", "--prompt", "Name a colour.",
+              "--max-new-tokens", "8", "--do-sample", "--seed", str(seed)])
+        return capsys.readouterr().out
+
+    first = sample(1)
+    load = EngineArguments.load
+
+    def load_drawing(self, *args, **kwargs):  # loads as a first use does: drawing from the generator on the way
+        loaded = load(self, *args, **kwargs)
+        torch.rand(1000)
+        return loaded
+
+    monkeypatch.setattr(EngineArguments, "load", load_drawing)
+    assert sample(1) == first and sample(2) != first
 
 
 @pytest.mark.slow

@@ -90,7 +90,6 @@ def run(args: argparse.Namespace) -> dict | None:
     engine_arguments = EngineArguments(**values(args, EngineArguments))
     for name in settings.benchmarks:  # refuse task options that do not fit together before any model loads
         settings.task_options(get_task(name))
-    transformers.set_seed(command.seed)
     prefixes = seed_prefixes(method_flag_value(args, "--prefix")) if given_method_flag(args, "--prefix") else [None]
     methods = {}
     for label, (name, value) in specs.items():
@@ -102,8 +101,10 @@ def run(args: argparse.Namespace) -> dict | None:
             methods.update({seed_label(label, index): method_from_flags(args, name, **overrides, **{field: prefix})
                             for index, prefix in enumerate(prefixes)})
     model, tokenizer = engine_arguments.load(args.model, args.dtype)
-    report = run_evaluation(model, tokenizer, methods, settings, args.output_dir, model_id(model), command.seed,
-                            engine_arguments.build(model, command.seed), restart=command.restart)
+    engine = engine_arguments.build(model, command.seed)
+    transformers.set_seed(command.seed)  # after loading, which may draw from the generator (see tuning.tune)
+    report = run_evaluation(model, tokenizer, methods, settings, args.output_dir, model_id(model), command.seed, engine,
+                            restart=command.restart)
     if report is not None:
         print(Path(args.output_dir, "report.md").read_text())
     return report

@@ -97,10 +97,10 @@ def run(args: argparse.Namespace) -> list[dict]:
     if output and command.prompts_file and Path(output).resolve() == Path(command.prompts_file).resolve():
         raise ValueError(f"--output {output} is the prompts file: writing the answers would overwrite the prompts. "
                          "Name another file.")
-    transformers.set_seed(command.seed)
     model, tokenizer = engine_arguments.load(args.model, args.dtype)
     bound = method.bind(model, tokenizer)
     engine = engine_arguments.build(model, command.seed)
+    transformers.set_seed(command.seed)  # after loading, which may draw from the generator (see tuning.tune)
     check_prompt_lengths(bound, messages, command.prompt_format, generation.max_new_tokens,
                          fix=f"shorten it or lower {args.flags['max_new_tokens']}", engine=engine)
     records, sink = [], open(output, "w") if output else sys.stdout

@@ -110,7 +110,6 @@ def tune(
     (e.g. ``disable_tqdm=True``).
     """
     output_dir = check_output_folder(output_dir)
-    transformers.set_seed(settings.seed)
     if (model is None) != (tokenizer is None):
         raise ValueError("Pass both `model` and `tokenizer`, or neither (then `model_name` is loaded).")
     if model is None:
@@ -128,6 +127,9 @@ def tune(
     state = TrainerState.load_from_json(str(Path(checkpoint, "trainer_state.json"))) if checkpoint else None
     check_not_exported(output_dir)
     train_dataset = tokenize_sft(data, tokenizer, settings.prompt_format, settings.max_length)
+    # Seeded after loading: loading may draw from the generator (the default model's first-use conversion builds a
+    # randomly initialised model before its weights replace it), which gave that run another starting prefix.
+    transformers.set_seed(settings.seed)
     if settings.adapter == "prefix":
         model = add_soft_prefix(model, settings.num_virtual_tokens, init=settings.init, init_text=settings.init_text)
     else:
