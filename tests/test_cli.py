@@ -98,7 +98,7 @@ def test_generate_cli_stream_and_doubled_agree(tiny_model_dir, tmp_path, capsys)
 
 
 def test_loading_the_model_does_not_change_what_a_seed_samples(tiny_model_dir, monkeypatch, capsys):
-    """0.4: generate seeded the generator before loading, so a load that draws from it (the default model's first
+    """0.3: generate seeded the generator before loading, so a load that draws from it (the default model's first
     use converts it) sampled other answers for the same --seed."""
     from ctd_hf.cli.arguments import EngineArguments
 

@@ -233,7 +233,7 @@ def _tiny_tune(tok, output_dir, restart=False, **settings):
 
 
 def test_loading_the_model_does_not_change_the_prefix_a_seed_tunes(tok, tmp_path, monkeypatch):
-    """0.4: tune seeded the generator before loading the model, and the default model's first use (its conversion
+    """0.3: tune seeded the generator before loading the model, and the default model's first use (its conversion
     builds a randomly initialised model) drew from it: a fresh cache tuned another prefix than a warm one, same
     settings (train loss 3.335 against 3.387)."""
     from ctd_hf.training import tuning
