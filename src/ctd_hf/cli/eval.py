@@ -13,7 +13,7 @@ import transformers
 
 from ..decoding.methods import METHODS
 from ..evaluation.runner import EvalSettings, run_evaluation
-from ..evaluation.seeds import seed_label
+from ..evaluation.seeds import seed_labels
 from ..evaluation.tasks import get_task, task_names
 from ..models import model_id
 from ..records import restart_setting
@@ -95,11 +95,9 @@ def run(args: argparse.Namespace) -> dict | None:
     for label, (name, value) in specs.items():
         overrides = {} if value is None else {"strength": value}
         field = method_field(name, "--prefix")
-        if field is None or len(prefixes) == 1:
-            methods[label] = method_from_flags(args, name, **overrides, **({field: prefixes[0]} if field else {}))
-        else:  # one run per prefix (tuning seed), reported as one method with intervals over seeds and instances
-            methods.update({seed_label(label, index): method_from_flags(args, name, **overrides, **{field: prefix})
-                            for index, prefix in enumerate(prefixes)})
+        runs = [{}] if field is None else [{field: prefix} for prefix in prefixes]  # one run per prefix (tuning seed)
+        methods.update({run_label: method_from_flags(args, name, **overrides, **prefix)
+                        for run_label, prefix in zip(seed_labels(label, len(runs)), runs)})
     model, tokenizer = engine_arguments.load(args.model, args.dtype)
     engine = engine_arguments.build(model, command.seed)
     transformers.set_seed(command.seed)  # after loading, which may draw from the generator (see tuning.tune)

@@ -16,6 +16,11 @@ def seed_label(name: str, index: int) -> str:
     return f"{name}{SEED_MARK}{index}"
 
 
+def seed_labels(name: str, count: int) -> list[str]:
+    """The labels of method ``name`` decoded with ``count`` prefixes: ``name`` itself for one, else one per seed."""
+    return [name] if count == 1 else [seed_label(name, index) for index in range(count)]
+
+
 def replicate_groups(labels: Iterable[str]) -> dict[str, list[str]]:
     """Method name -> the labels of its seeds, for the labels that are seed runs (``name#k``)."""
     groups: dict[str, list[str]] = {}

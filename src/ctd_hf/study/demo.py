@@ -22,7 +22,7 @@ from ..evaluation.tasks.superni import CATEGORY_ABBREVIATIONS, ordered_categorie
 from ..models import load_model_and_tokenizer, model_id
 from ..records import check_output_folder
 from ..settings import check_settings, like, positive_int, setting
-from ..evaluation.seeds import seed_label
+from ..evaluation.seeds import seed_labels
 from ..training.tuning import TuneSettings, seed_prefixes, seeds_setting, tune, tune_seeds
 from .tuning_data import tuning_data_path
 
@@ -87,9 +87,8 @@ def run_demo(
                              f"({len(prefixes)} prefix{'es' if len(prefixes) > 1 else ''})", started)
     base, tokenizer = load_model_and_tokenizer(model)
     methods = {"od": ODMethod(), "id": IDMethod(strength=settings.id_strength)}
-    ctd = [CTDMethod(strength=settings.beta, prefix=folder) for folder in prefixes]
-    methods.update({"ctd": ctd[0]} if len(ctd) == 1 else
-                   {seed_label("ctd", index): method for index, method in enumerate(ctd)})
+    methods.update({label: CTDMethod(strength=settings.beta, prefix=folder)
+                    for label, folder in zip(seed_labels("ctd", len(prefixes)), prefixes)})
     evaluation = EvalSettings(options={"superni": {"tasks": HELD_OUT, "per_category": settings.per_category}},
                               prompt_format=settings.tuning.prompt_format, batch_size=settings.batch_size,
                               max_new_tokens={"superni": settings.max_new_tokens},
