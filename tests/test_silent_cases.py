@@ -423,13 +423,27 @@ def test_instances_sharing_an_id_are_refused(tmp_path):
 
     folder = _task_folder(tmp_path, [{"id": "a", "input": "1 + 1?", "output": ["2"]},
                                      {"id": "a", "input": "2 + 2?", "output": ["4"]}])
-    with pytest.raises(ValueError, match=r"t1.json: two instances have id 'a'"):
+    with pytest.raises(ValueError, match=r"t1.json: two instances have id 'a' \(instances 1 and 2\)"):
         load_superni(SuperNIOptions(dir=str(folder), tasks="mine.txt"))
     rows = [{"task_name": "t1", "id": "a", "definition": "Add.", "inputs": text, "targets": "x"}
             for text in ("1 + 1?", "2 + 2?")]
     datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "rows"))
     with pytest.raises(ValueError, match="two rows of id 'a' have different inputs"):
         load_superni(SuperNIOptions(dir=str(folder), tasks="mine.txt", dataset=str(tmp_path / "rows")))
+
+
+def test_any_task_with_two_items_of_one_id_is_refused_before_answering(tok, tmp_path):
+    """The runner's guard for every task (here DROP, whose loader keeps a file's ids as they are): two items of one
+    id would share one prediction."""
+    records = [{"id": "q1", "passage": "Two plus two is four.", "question": "What is two plus two?", "answers": [a]}
+               for a in ("four", "4")]
+    path = tmp_path / "drop.jsonl"
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    settings = EvalSettings(benchmarks=("drop",), options={"drop": {"path": str(path)}}, max_new_tokens={"drop": 2},
+                            max_source_tokens=3000)
+    with pytest.raises(ValueError, match=r"Task drop has two items with id 'q1' \(items 1 and 2\)"):
+        run_evaluation(build_model(len(tok)), tok, {"od": ODMethod()}, settings, tmp_path / "run", "tiny-llama")
+    assert not (tmp_path / "run").exists()
 
 
 def test_references_without_a_latin_token_are_named(caplog):

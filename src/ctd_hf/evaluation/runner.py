@@ -202,12 +202,13 @@ def _prompts_that_fit(
     items = task.load(settings.task_options(task))
     if not items:
         raise ValueError(f"Task {task.name} gave no item with these options: nothing to evaluate.")
-    seen: set[str] = set()
-    for item in items:
+    seen: dict[str, int] = {}  # id -> the item that first had it
+    for number, item in enumerate(items, start=1):
         if item["id"] in seen:
-            raise ValueError(f"Task {task.name} has two items with id {item['id']!r}: predictions are kept by id, so "
-                             "one would answer both. Give every instance its own id.")
-        seen.add(item["id"])
+            raise ValueError(f"Task {task.name} has two items with id {item['id']!r} (items {seen[item['id']]} and "
+                             f"{number}): predictions are kept by id, so one would answer both. Give every instance "
+                             "its own id.")
+        seen[item["id"]] = number
     items = [{**item, "sha256": item_fingerprint(item)} for item in items]
     messages = [truncate_message(i["message"], tokenizer, settings.max_source_tokens) if task.truncate_input
                 else i["message"] for i in items]

@@ -178,7 +178,7 @@ def _task_file(path: Path) -> tuple[str, str, list[dict]]:
         raise refuse("the Categories are not a non-empty list of names")
     if not isinstance(task["Instances"], list) or not task["Instances"]:
         raise refuse("the Instances are not a non-empty list")
-    seen: set[str] = set()
+    seen: dict[str, int] = {}  # id -> the instance that first had it
     for number, instance in enumerate(task["Instances"], start=1):
         where = f"instance {number}"
         if not isinstance(instance, dict) or not isinstance(instance.get("id"), str) or \
@@ -189,8 +189,9 @@ def _task_file(path: Path) -> tuple[str, str, list[dict]]:
             raise refuse(f"{where} ({instance['id']}) has output {output!r}; the output is a non-empty list of "
                          "reference strings")
         if instance["id"] in seen:
-            raise refuse(f"two instances have id {instance['id']!r}; each needs its own")
-        seen.add(instance["id"])
+            raise refuse(f"two instances have id {instance['id']!r} (instances {seen[instance['id']]} and {number}); "
+                         "each needs its own")
+        seen[instance["id"]] = number
     return definition, task["Categories"][0], task["Instances"]
 
 
