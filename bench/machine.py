@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import platform
+import subprocess
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]  # the checkout the benchmarks run from
 
 
 def cpu_name() -> str:
@@ -53,3 +56,15 @@ def pss_kib(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+def git_state() -> str:
+    """The checkout's commit, and whether ``src/`` holds uncommitted changes (what a result was measured on)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=ROOT, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + (" + uncommitted changes in src/" if dirty else "")

@@ -41,9 +41,8 @@ import time
 import warnings
 from pathlib import Path
 
-from machine import cpu_name  # bench/, this script's folder
+from machine import ROOT, cpu_name, git_state  # bench/, this script's folder
 
-ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT / "src" / "ctd_hf" / "resources" / "sft" / "alpaca_en_demo.json"
 TARGET_TIME, TARGET_MEMORY = 1.4, 1.15
 MODES = ("ctd", "pt")
@@ -293,7 +292,7 @@ def main() -> None:
         return ", ".join(f"{v / scale:.{digits}f}" for v in values)
 
     lines = [
-        f"Command: `{command}` (git {_git_state()})",
+        f"Command: `{command}` (git {git_state()})",
         f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
         f"Python {platform.python_version()}; torch.set_num_threads({args.threads}); {os.cpu_count()} CPUs "
         f"({cpu_name()}), no GPU; attention {timing['attn_implementation']}",
@@ -330,7 +329,7 @@ def main() -> None:
     print("\n".join(lines))
     result = {
         "command": command,
-        "git": _git_state(),
+        "git": git_state(),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
                      "python": platform.python_version()},
         "threads": args.threads,
@@ -360,17 +359,6 @@ def main() -> None:
     print(json.dumps(result))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
-
-
-def _git_state() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=ROOT, capture_output=True,
-                               text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + (" + uncommitted changes in src/" if dirty else "")
 
 
 if __name__ == "__main__":
